@@ -1,0 +1,1 @@
+"""One module per kind of fact. Each returns plain data and changes nothing it looks at."""

@@ -1,0 +1,114 @@
+"""Which real iptables binaries are on PATH, never counting a shim, and which backend an alias runs."""
+
+import os
+import stat
+
+NFT_MULTI = "xtables-nft-multi"
+LEGACY_MULTI = "xtables-legacy-multi"
+OLD_MULTI = "xtables-multi"  # iptables < 1.8, which had only the legacy backend
+
+# Set in the environment of anything the shim runs that could itself be a shim (an alias, a
+# probe): a second copy of the shim that sees it stops instead of recursing.
+REENTRY_MARKER = "IPTABLES_SHIM_CALLER"
+
+
+def identity(path):
+    """(st_dev, st_ino) of what path leads to, symlinks followed; None if it cannot be read."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def search_dirs(path_env):
+    """The PATH entries searched. Relative and empty ones (the working directory) are skipped:
+    the shim runs as root, and a command resolved from wherever the caller happens to stand is a
+    classic way to run a planted binary."""
+    return [d for d in (path_env or "").split(os.pathsep) if d.startswith("/")]
+
+
+def find_on_path(names, path_env, shim_ids):
+    """{name: path} of the first executable regular file for each name, skipping shims."""
+    found = {}
+    wanted = list(names)
+    for directory in search_dirs(path_env):
+        for name in wanted:
+            if name in found:
+                continue
+            path = os.path.join(directory, name)
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) in shim_ids:
+                continue
+            if os.access(path, os.X_OK):
+                found[name] = path
+        if len(found) == len(wanted):
+            break
+    return found
+
+
+def backend_from_links(path):
+    """The backend an alias runs, read from its symlink chain alone; None if the chain does not say."""
+    seen = 0
+    current = path
+    while seen < 40:
+        name = os.path.basename(current)
+        for backend in ("nft", "legacy"):
+            if name == "xtables-%s-multi" % backend or "-%s" % backend in name:
+                return backend
+        if name == OLD_MULTI:
+            return "legacy"
+        try:
+            target = os.readlink(current)
+        except OSError:
+            return None
+        current = os.path.join(os.path.dirname(current), target)
+        seen += 1
+    return None
+
+
+def parse_version(text):
+    """Backend from `iptables --version` output: `(nf_tables)`, `(legacy)`, or a pre-1.8 version."""
+    if "(nf_tables)" in text:
+        return "nft"
+    if "(legacy)" in text:
+        return "legacy"
+    words = text.split()
+    for word in words:
+        if word.startswith("v1."):
+            minor = word[3:].split(".", 1)[0]
+            if minor.isdigit() and int(minor) < 8:
+                return "legacy"  # before 1.8 there was no nf_tables variant
+    return None
+
+
+def backend_from_version(path, caller, timeout=5):
+    """Run `path --version` (stdin /dev/null, output captured); the backend it names, or None."""
+    import subprocess
+
+    env = dict(os.environ)
+    env[REENTRY_MARKER] = caller
+    try:
+        proc = subprocess.run(
+            [path, "--version"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL, env=env, timeout=timeout, check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if proc.returncode != 0:
+        return None
+    return parse_version(proc.stdout.decode("utf-8", "replace"))
+
+
+def alias_backend(path, caller):
+    """(backend, how) for a default alias such as /usr/sbin/iptables."""
+    backend = backend_from_links(path)
+    if backend:
+        return backend, "symlink chain"
+    backend = backend_from_version(path, caller)
+    if backend:
+        return backend, "--version"
+    return None, "unknown"

@@ -1,0 +1,92 @@
+"""Does a backend hold iptables rules, or kubelet's hint chain, in this netns? Read from `*-save`.
+
+Nothing here may create a table or load a module: legacy is only read where
+/proc/net/ip{,6}_tables_names already lists tables, since `iptables-legacy-save` of a table that
+does not exist yet would create it and flip the next detection.
+"""
+
+import os
+
+XTABLES = ("filter", "nat", "mangle", "raw", "security")
+HINT_TABLE = "mangle"
+HINT_CHAINS = ("KUBE-IPTABLES-HINT", "KUBE-KUBELET-CANARY")
+LEGACY_TABLE_FILES = {"iptables": "net/ip_tables_names", "ip6tables": "net/ip6_tables_names"}
+
+
+class BackendState(object):
+    """What one backend holds. `rules` and `hint` are True, False or None (could not be read)."""
+
+    __slots__ = ("rules", "hint", "source")
+
+    def __init__(self, rules, hint, source):
+        self.rules = rules
+        self.hint = hint
+        self.source = source
+
+    def as_dict(self):
+        return {"rules": self.rules, "hint": self.hint, "source": self.source}
+
+
+def parse_save(lines):
+    """(has_rules, has_hint) from `*-save` output lines. Only `-A` counts as a rule; chain
+    declarations, policies and empty tables do not."""
+    table = None
+    has_rules = has_hint = False
+    for line in lines:
+        if line.startswith("*"):
+            table = line[1:].strip()
+        elif table not in XTABLES:
+            continue
+        elif line.startswith("-A "):
+            has_rules = True
+        elif line.startswith(":") and table == HINT_TABLE:
+            if line[1:].split(" ", 1)[0] in HINT_CHAINS:
+                has_hint = True
+    return has_rules, has_hint
+
+
+def legacy_tables(family, proc="/proc"):
+    """Names of the legacy tables that exist for a family in this netns (no side effects)."""
+    try:
+        with open(os.path.join(proc, LEGACY_TABLE_FILES[family])) as f:
+            return [line.strip() for line in f if line.strip()]
+    except OSError:
+        return []  # module not loaded: no legacy table can exist
+
+
+def run_save(path):
+    """Lines a `*-save` binary prints, or None if it could not run."""
+    import subprocess
+
+    try:
+        proc = subprocess.run(
+            [path], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            timeout=120, check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if proc.returncode != 0:
+        return None
+    return proc.stdout.decode("utf-8", "replace").splitlines()
+
+
+def save_probe(backend, save_paths, proc="/proc"):
+    """BackendState for `backend` from its save binaries, {family: path or None}."""
+    rules = hint = False
+    unread = []
+    for family in ("iptables", "ip6tables"):
+        if backend == "legacy" and not legacy_tables(family, proc):
+            continue
+        path = save_paths.get(family)
+        lines = run_save(path) if path else None
+        if lines is None:
+            unread.append("%s-%s-save" % (family, backend))
+            continue
+        family_rules, family_hint = parse_save(lines)
+        rules = rules or family_rules
+        hint = hint or family_hint
+    if unread:
+        # What could be read may already answer; what could not leaves the fact open.
+        source = "save (unread: %s)" % ", ".join(unread)
+        return BackendState(rules or None, hint or None, source)
+    return BackendState(rules, hint, "save")

@@ -1,0 +1,91 @@
+"""name -> facts -> decision -> exec, for one call of a shimmed name.
+
+The hot path (a cache hit) imports only this module, tools, cache, netns, binaries, policy and
+execute; the fact gathering in shim.resolve is imported on a miss only.
+"""
+
+import os
+import sys
+
+from shim import cache
+from shim.errors import ShimError
+from shim.execute import exec_real
+from shim.facts import netns
+from shim.facts.binaries import REENTRY_MARKER, alias_backend, find_on_path, identity
+from shim.policy import Decision, choose_binary, override
+from shim.tools import CLI_NAME, SHIM_NAMES, split_name, variant_name
+
+
+def decide_for_call(family, env, shim_ids, caller):
+    """(decision, found binaries or None, how): the override, the cache, or the facts."""
+    mode = env.get("IPTABLES_SHIM_MODE")
+    if mode:
+        return override(mode), None, "override, not cached"
+    directory = cache.cache_dir(env)
+    key = netns.netns_key() if directory else None
+    if key:
+        entry = cache.load(directory, key)
+        if entry:
+            return Decision(*entry), None, "cache hit %s/%s" % (directory, key)
+    from shim.resolve import decide_here  # the cold path: facts and probes
+
+    decision, gathered = decide_here(family, env, shim_ids, caller)
+    if not key:
+        how = "cache off" if not directory else "no netns key, not cached"
+    elif not decision.grounded:
+        how = "no rules in any backend, re-checked next call"
+    elif cache.store(directory, key, decision.backend, decision.step, decision.reason):
+        how = "cached in %s/%s" % (directory, key)
+    else:
+        how = "cache %s unusable, not cached" % directory
+    return decision, gathered.found, how
+
+
+def run_tool(name, argv, env, shim_path):
+    family, suffix = split_name(name)
+    caller = env.get(REENTRY_MARKER)
+    if caller:
+        raise ShimError(
+            "%s is a second copy of the shim, run by the shim at %s: keep one shim directory on PATH"
+            % (shim_path, caller)
+        )
+    own = identity(shim_path)
+    shim_ids = {own} if own else set()
+    decision, found, how = decide_for_call(family, env, shim_ids, shim_path)
+    wanted = variant_name(family, decision.backend, suffix)
+    if found is None:
+        found = find_on_path([wanted, name], env.get("PATH"), shim_ids)
+    variant_path, alias_path = found.get(wanted), found.get(name)
+    backend_of_alias = None
+    if not variant_path and alias_path:
+        backend_of_alias = alias_backend(alias_path, shim_path)[0]
+    path = choose_binary(decision, wanted, variant_path, alias_path, backend_of_alias)
+    if env.get("IPTABLES_SHIM_DEBUG") == "1":
+        sys.stderr.write(
+            "iptables-shim: %s -> %s: %s (step %d: %s; %s; netns %s)\n"
+            % (name, path, decision.backend, decision.step, decision.reason, how, netns.netns_key())
+        )
+        sys.stderr.flush()
+    try:
+        exec_real(path, argv, caller=shim_path if path == alias_path else None)
+    except OSError as e:
+        raise ShimError("cannot execute %s: %s" % (path, e.strerror))
+
+
+def main(argv, shim_path):
+    """Entry point of every name; returns an exit code only when nothing was executed."""
+    name = os.path.basename(argv[0])
+    try:
+        if name == CLI_NAME:
+            from shim.cli import run
+
+            return run(argv[1:], shim_path)
+        if name not in SHIM_NAMES:
+            raise ShimError(
+                "called as %r, which is not a name the shim serves (%s)"
+                % (name, ", ".join(sorted(SHIM_NAMES)))
+            )
+        return run_tool(name, argv, os.environ, shim_path)
+    except ShimError as e:
+        sys.stderr.write("iptables-shim: %s\n" % e)
+        return e.exit_code
