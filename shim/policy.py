@@ -75,10 +75,11 @@ def decide(facts):
         if facts.rules.get(backend):
             return Decision(backend, step, "%s holds rules" % backend, True)
     if alias:
-        return Decision(alias, 6, "no rules in any backend; the default alias runs %s" % alias)
+        return Decision(alias, 6, "no rules in any backend; the default alias runs %s" % alias, grounded)
     for backend in BACKENDS:
         if facts.binaries.get(backend):
-            return Decision(backend, 7, "no rules and no default alias; %s binaries are on PATH" % backend)
+            return Decision(backend, 7, "no rules and no default alias; %s binaries are on PATH" % backend,
+                            grounded)
     raise ShimError(
         "no iptables binaries on PATH (looked for iptables-nft*, iptables-legacy*, iptables): "
         "install iptables or put its directory on PATH"

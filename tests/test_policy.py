@@ -1,0 +1,90 @@
+"""The policy as a table: facts in, (backend, step) out. Pure: no kernel, no PATH."""
+
+import pytest
+
+from shim.errors import ShimError
+from shim.policy import Decision, Facts, choose_binary, decide
+
+BOTH = {"nft": True, "legacy": True}
+NONE = {"nft": False, "legacy": False}
+NFT_ONLY = {"nft": True, "legacy": False}
+LEGACY_ONLY = {"nft": False, "legacy": True}
+UNKNOWN = {"nft": None, "legacy": None}
+
+
+def facts(context="container", alias=None, rules=NONE, hints=NONE, binaries=BOTH, mode=None):
+    return Facts(context=context, alias_backend=alias, rules=rules, hints=hints, binaries=binaries, mode=mode)
+
+
+# (name, facts, expected backend, expected step, cacheable)
+TABLE = [
+    ("override nft beats everything", facts("host", "legacy", LEGACY_ONLY, LEGACY_ONLY, mode="nft"), "nft", 1, False),
+    ("override legacy beats everything", facts("host", "nft", NFT_ONLY, NFT_ONLY, mode="legacy"), "legacy", 1, False),
+    ("override with no binaries at all", facts(binaries=NONE, mode="legacy"), "legacy", 1, False),
+    ("host alias nft, rules only in legacy", facts("host", "nft", LEGACY_ONLY), "nft", 2, True),
+    ("host alias legacy, hint in nft", facts("host", "legacy", NONE, NFT_ONLY), "legacy", 2, True),
+    ("host alias, empty netns", facts("host", "nft"), "nft", 2, False),
+    ("host without alias falls to rules", facts("host", None, LEGACY_ONLY), "legacy", 5, True),
+    ("hint in legacy only, nft has more rules", facts(alias="nft", rules=BOTH, hints=LEGACY_ONLY), "legacy", 3, True),
+    ("hint in nft only, legacy has rules", facts(alias="legacy", rules=LEGACY_ONLY, hints=NFT_ONLY), "nft", 3, True),
+    ("hint in nft only, no rules anywhere", facts(hints=NFT_ONLY), "nft", 3, True),
+    ("hints in both: a tie, rules decide (nft)", facts(rules=BOTH, hints=BOTH), "nft", 4, True),
+    ("hints in both, rules in legacy only", facts(alias="nft", rules=LEGACY_ONLY, hints=BOTH), "legacy", 5, True),
+    ("hints in both, no rules: the alias", facts(alias="legacy", hints=BOTH), "legacy", 6, True),
+    ("nft rules only", facts(alias="legacy", rules=NFT_ONLY), "nft", 4, True),
+    ("legacy rules only", facts(alias="nft", rules=LEGACY_ONLY), "legacy", 5, True),
+    ("rules in both: nft wins the tie", facts(alias="legacy", rules=BOTH), "nft", 4, True),
+    ("empty netns, image aliases nft", facts(alias="nft"), "nft", 6, False),
+    ("empty netns, image aliases legacy", facts(alias="legacy"), "legacy", 6, False),
+    ("rules unknown count as none", facts(alias="legacy", rules=UNKNOWN, hints=UNKNOWN), "legacy", 6, False),
+    ("no rules, no alias, both binaries: nft", facts(), "nft", 7, False),
+    ("no rules, no alias, legacy binaries only", facts(binaries=LEGACY_ONLY), "legacy", 7, False),
+    ("no rules, no alias, nft binaries only", facts(binaries=NFT_ONLY), "nft", 7, False),
+    ("host context without alias or rules", facts("host", binaries=LEGACY_ONLY), "legacy", 7, False),
+]
+
+
+@pytest.mark.parametrize("name,given,backend,step,cacheable", TABLE, ids=[row[0] for row in TABLE])
+def test_policy_table(name, given, backend, step, cacheable):
+    decision = decide(given)
+    assert (decision.backend, decision.step) == (backend, step)
+    assert decision.grounded is cacheable
+    assert decision.reason
+
+
+@pytest.mark.parametrize("mode", ["NFT", "iptables-nft", "auto", "legacy ", "0"])
+def test_invalid_override_is_an_error_naming_the_value(mode):
+    with pytest.raises(ShimError) as err:
+        decide(facts("host", "nft", NFT_ONLY, mode=mode))
+    assert repr(mode) in str(err.value) and "nft or legacy" in str(err.value)
+
+
+def test_no_binaries_at_all_is_an_error():
+    with pytest.raises(ShimError, match="no iptables binaries on PATH"):
+        decide(facts(binaries=NONE))
+
+
+NFT_DECISION = Decision("nft", 4, "nft holds rules", True)
+
+CHOICES = [
+    ("variant present", ("/s/iptables-nft", "/s/iptables", "legacy"), "/s/iptables-nft"),
+    ("variant missing, alias same backend", (None, "/s/iptables", "nft"), "/s/iptables"),
+]
+
+
+@pytest.mark.parametrize("name,given,expected", CHOICES, ids=[c[0] for c in CHOICES])
+def test_choose_binary(name, given, expected):
+    assert choose_binary(NFT_DECISION, "iptables-nft", *given) == expected
+
+
+@pytest.mark.parametrize("alias_path,alias_backend", [
+    (None, None),                  # nothing at all for this tool
+    ("/s/iptables", "legacy"),     # only the other backend: never fall back to it
+    ("/s/iptables", None),         # an alias whose backend cannot be told
+])
+def test_missing_binary_for_chosen_backend_is_an_error(alias_path, alias_backend):
+    with pytest.raises(ShimError) as err:
+        choose_binary(NFT_DECISION, "iptables-nft-save", None, alias_path, alias_backend)
+    message = str(err.value)
+    assert "iptables-nft-save is not on PATH" in message and "step 4" in message
+    assert "\n" not in message
