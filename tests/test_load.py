@@ -1,0 +1,262 @@
+"""Load: many concurrent calls through the shim, in many fresh netns at once.
+
+Every call must succeed, every netns must get exactly one backend, every rule must land in that
+backend (read back from the kernel with the real save binaries), and the cache must hold only whole,
+correct entries afterwards: with a cache directory per netns, with one shared directory, and off.
+
+Why concurrent first calls in an empty netns cannot split between backends (container context):
+the decision there is a pure function of (rules, hints, alias, binaries). With no rules anywhere,
+every racing call reaches the same step (6: the alias, or 7: nft before legacy) with the same
+answer, and the calls write only into that backend. So the only fact that could change under them
+is "the chosen backend now holds rules", which leads to step 4 or 5 naming the same backend. A split
+needs rules to appear in the *other* backend, which only a writer outside the shim can cause.
+Decisions made with no rules are not cached, so nothing stale can be replayed either.
+"""
+
+import concurrent.futures
+import os
+import re
+import subprocess
+import threading
+import uuid
+
+import pytest
+
+from conftest import BIN, REPO, SYSTEM_PATH, shim_env
+from shim.cache import parse_entry
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates network namespaces and rules")
+
+DEBUG_LINE = re.compile(
+    r"^iptables-shim: (\S+) -> (\S+): (nft|legacy) \(step (\d+): .*; netns (\S+)\)$", re.M
+)
+
+NETNS_COUNT = 20
+CALLS = 500
+
+
+def make_alias_dir(root, backend, with_alias=True):
+    """A PATH directory whose default aliases (`iptables`, ...) run `backend`, as a container image
+    would ship them. Without the alias: only the variant names, of both backends."""
+    os.makedirs(root, exist_ok=True)
+    for family in ("iptables", "ip6tables"):
+        for suffix in ("", "-save", "-restore"):
+            if with_alias:
+                os.symlink("/usr/sbin/xtables-%s-multi" % backend, os.path.join(root, family + suffix))
+            else:
+                for b in ("nft", "legacy"):
+                    os.symlink("/usr/sbin/xtables-%s-multi" % b,
+                               os.path.join(root, "%s-%s%s" % (family, b, suffix)))
+    return root
+
+
+class Ns(object):
+    def __init__(self, name):
+        self.name = name
+        self.path = "/run/netns/" + name
+
+    def sh(self, script):
+        r = subprocess.run(["nsenter", "--net=" + self.path, "/bin/sh", "-c", script],
+                           env={"PATH": SYSTEM_PATH, "LC_ALL": "C"}, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, timeout=120)
+        assert r.returncode == 0, (script, r.stderr)
+        return r.stdout.decode()
+
+    def legacy_tables(self):
+        return self.sh("cat /proc/net/ip_tables_names /proc/net/ip6_tables_names 2>/dev/null || true").split()
+
+    def rules(self, backend, family):
+        if backend == "legacy" and not self.legacy_tables():
+            return []  # reading legacy would create the table we are checking is absent
+        out = self.sh("%s-%s-save" % (family, backend))
+        return [l for l in out.splitlines() if l.startswith("-A ")]
+
+
+@pytest.fixture
+def many_netns():
+    made = []
+
+    def make(count):
+        for _ in range(count):
+            ns = Ns("shimload-" + uuid.uuid4().hex[:10])
+            subprocess.run(["ip", "netns", "add", ns.name], check=True)
+            made.append(ns)
+        return list(made)
+
+    try:
+        yield make
+    finally:
+        for ns in made:
+            subprocess.run(["ip", "netns", "delete", ns.name], check=False)
+
+
+def kinds(tmp_path):
+    """(label, seed (backend, family) or None, context, PATH, expected backend). Seeds use the real variants directly."""
+    legacy_alias = make_alias_dir(str(tmp_path / "alias-legacy"), "legacy")
+    no_alias = make_alias_dir(str(tmp_path / "no-alias"), None, with_alias=False)
+    system = BIN + ":" + SYSTEM_PATH
+    legacy_path = BIN + ":" + legacy_alias + ":" + SYSTEM_PATH
+    return [
+        ("legacy rules, image aliases nft", ("legacy", "iptables"), "container", system, "legacy"),
+        ("nft rules, image aliases legacy", ("nft", "iptables"), "container", legacy_path, "nft"),
+        ("IPv6-only legacy rules, image aliases nft", ("legacy", "ip6tables"), "container", system, "legacy"),
+        ("empty, image aliases nft", None, "container", system, "nft"),
+        ("empty, image aliases legacy", None, "container", legacy_path, "legacy"),
+        ("empty, no alias (step 7)", None, "container", BIN + ":" + no_alias, "nft"),
+        ("empty, host context", None, "host", system, "nft"),
+    ]
+
+
+def call_for(i, n):
+    """(argv, stdin, (family or None) of the rule it writes). Each writing call adds a distinct rule."""
+    kind = i % 6
+    if kind == 0:
+        return ["iptables", "-w", "-A", "INPUT", "-s", "10.%d.%d.1" % (n, i), "-j", "ACCEPT"], None, "iptables"
+    if kind == 1:
+        return (["ip6tables", "-w", "-A", "INPUT", "-s", "2001:db8:%x::%x" % (n, i), "-j", "ACCEPT"],
+                None, "ip6tables")
+    if kind == 2:
+        rules = "*filter\n-A OUTPUT -d 10.%d.%d.2/32 -j ACCEPT\nCOMMIT\n" % (n, i)
+        return ["iptables-restore", "-w", "--noflush"], rules.encode(), "iptables"
+    if kind == 3:
+        return ["iptables", "-w", "-S"], None, None
+    if kind == 4:
+        return ["iptables-save"], None, None
+    return ["ip6tables", "-w", "-L", "-n"], None, None
+
+
+def run_calls(calls):
+    """Run every call at the same moment (a barrier before the fork); return the results in order."""
+    barrier = threading.Barrier(len(calls))
+
+    def one(call):
+        ns, argv, stdin, env = call
+        barrier.wait()
+        return subprocess.run(["/usr/bin/nsenter", "--net=" + ns.path] + argv, env=env, input=stdin,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=300)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(calls)) as pool:
+        return list(pool.map(one, calls))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cache_mode", ["per-netns", "shared", "off"])
+def test_500_concurrent_calls_over_20_fresh_netns(tmp_path, many_netns, cache_mode):
+    table = kinds(tmp_path)
+    spaces = many_netns(NETNS_COUNT)
+    plan = []  # (ns, label, context, PATH, expected, cache dir or None)
+    for n, ns in enumerate(spaces):
+        label, seed, context, path, expected = table[n % len(table)]
+        if seed:
+            ns.sh("%s-%s -A FORWARD -s %s -j DROP" % (seed[1], seed[0],
+                                                       "192.0.2.9" if seed[1] == "iptables" else "2001:db8::9"))
+        if cache_mode == "off":
+            cdir = None
+        elif cache_mode == "shared":
+            cdir = str(tmp_path / "cache")
+        else:
+            cdir = str(tmp_path / ("cache-%d" % n))
+        plan.append((ns, label, context, path, expected, cdir, seed))
+
+    def env_for(p):
+        ns, label, context, path, expected, cdir, seed = p
+        return shim_env(cdir or str(tmp_path / "unused"), path=path, IPTABLES_SHIM_CONTEXT=context,
+                        IPTABLES_SHIM_DEBUG="1", IPTABLES_SHIM_CACHE="off" if cdir is None else None)
+
+    waves = ([], [])
+    meta = ([], [])
+    for i in range(CALLS):
+        n = i % NETNS_COUNT
+        argv, stdin, writes = call_for(i // NETNS_COUNT, n)
+        wave = 0 if i < CALLS // 2 else 1
+        waves[wave].append((plan[n][0], argv, stdin, env_for(plan[n])))
+        meta[wave].append((n, argv, writes))
+
+    # Wave 1: half the calls, all started at once in netns where nothing has been decided yet:
+    # every one of them is a first call. Wave 2: the other half, concurrently, once the first is done.
+    results = run_calls(waves[0]) + run_calls(waves[1])
+    meta = meta[0] + meta[1]
+
+    seen = {n: set() for n in range(NETNS_COUNT)}
+    keys = {n: set() for n in range(NETNS_COUNT)}
+    written = {n: {"iptables": 0, "ip6tables": 0} for n in range(NETNS_COUNT)}
+    for (n, argv, writes), r in zip(meta, results):
+        err = r.stderr.decode("utf-8", "replace")
+        assert r.returncode == 0, (plan[n][1], argv, err)
+        m = DEBUG_LINE.search(err)
+        assert m, (argv, err)
+        seen[n].add(m.group(3))
+        keys[n].add(m.group(5))
+        if cache_mode == "off":
+            assert "cache off" in err
+        if writes:
+            written[n][writes] += 1
+
+    for n, (ns, label, context, path, expected, cdir, seed) in enumerate(plan):
+        assert seen[n] == {expected}, (label, seen[n])
+        assert len(keys[n]) == 1, (label, keys[n])
+        other = "legacy" if expected == "nft" else "nft"
+        for family in ("iptables", "ip6tables"):
+            got = ns.rules(expected, family)
+            want = written[n][family] + (1 if seed == (expected, family) else 0)
+            assert len(got) == want, (label, family, expected, len(got), want)
+            assert len(set(got)) == len(got)
+            # The other backend holds exactly what the seed put there: nothing leaked into it.
+            leaked = ns.rules(other, family)
+            assert len(leaked) == (1 if seed == (other, family) else 0), (label, family, leaked)
+        if expected == "nft":
+            assert ns.legacy_tables() == [], (label, "detection created legacy tables")
+
+    if cache_mode == "off":
+        for n in range(NETNS_COUNT):
+            assert not os.path.exists(str(tmp_path / ("cache-%d" % n)))
+        assert not os.path.exists(str(tmp_path / "unused"))
+        return
+
+    # One more call per netns, now that every netns holds rules: it stores (or hits) a grounded entry.
+    finals = run_calls([(p[0], ["iptables", "-S"], None, env_for(p)) for p in plan])
+    assert all(r.returncode == 0 for r in finals)
+    expected_by_key = {}
+    for n, p in enumerate(plan):
+        (key,) = keys[n]
+        expected_by_key[key] = (p[4], p[5])  # (expected backend, cache dir)
+    dirs = {p[5] for p in plan}
+    entries = {}
+    for d in dirs:
+        for name in os.listdir(d):
+            assert not name.startswith("."), "temporary file left behind: %s/%s" % (d, name)
+            with open(os.path.join(d, name), "rb") as f:
+                entry = parse_entry(f.read())
+            assert entry is not None, "invalid cache entry %s/%s" % (d, name)
+            entries[(d, name)] = entry
+    for key, (expected, d) in expected_by_key.items():
+        assert (d, key) in entries, "no entry for %s in %s" % (key, d)
+        assert entries[(d, key)][0] == expected
+    assert len(entries) == NETNS_COUNT
+
+
+def concurrent_appends(ns, env, count):
+    calls = [(ns, ["iptables", "-w", "-A", "INPUT", "-s", "10.77.%d.%d" % (i // 250, i % 250 + 1),
+                   "-j", "ACCEPT"], None, env) for i in range(count)]
+    return run_calls(calls)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["nft", "legacy"])
+def test_n_concurrent_appends_lose_nothing(tmp_path, many_netns, backend):
+    (ns,) = many_netns(1)
+    # Container context with no rules: the image's alias decides, and the first rules then ground it.
+    path = BIN + ":" + SYSTEM_PATH
+    if backend == "legacy":
+        path = BIN + ":" + make_alias_dir(str(tmp_path / "alias"), "legacy") + ":" + SYSTEM_PATH
+    env = shim_env(str(tmp_path / "cache"), path=path, IPTABLES_SHIM_CONTEXT="container")
+    n = 150
+    results = concurrent_appends(ns, env, n)
+    failed = [(r.returncode, r.stderr) for r in results if r.returncode != 0]
+    assert failed == []
+    got = ns.rules(backend, "iptables")
+    assert len(got) == n and len(set(got)) == n
+    other = "legacy" if backend == "nft" else "nft"
+    assert ns.rules(other, "iptables") == []
+    if backend == "nft":
+        assert ns.legacy_tables() == []
