@@ -54,6 +54,32 @@ exec /usr/sbin/chroot "$root" "$@"
 """
 
 
+# The rule the tests ask the shim to write, and how to find where it landed.
+ADDR4 = "198.51.100.7"
+ADDR6 = "2001:db8::7"
+MARK = "iptables-shim-probe"
+WRITE4 = ["iptables", "-A", "INPUT", "-s", ADDR4, "-m", "comment", "--comment", MARK, "-j", "ACCEPT"]
+WRITE6 = ["ip6tables", "-A", "INPUT", "-s", ADDR6, "-m", "comment", "--comment", MARK, "-j", "ACCEPT"]
+
+
+def landed(netns):
+    """{backend: [rule lines carrying MARK]} over both families, read with the real save binaries
+    (legacy only where /proc/net/ip*_tables_names lists tables, so reading changes nothing)."""
+    return {
+        backend: [l for f in FAMILIES for l in netns.rules(backend, f) if MARK in l]
+        for backend in ("nft", "legacy")
+    }
+
+
+def assert_only_in(netns, backend, family="iptables"):
+    """The one rule the shim wrote is in `backend` of this netns, and nothing of it in the other."""
+    where = landed(netns)
+    other = "legacy" if backend == "nft" else "nft"
+    assert len(where[backend]) == 1, where
+    assert (ADDR4 if family == "iptables" else ADDR6) in where[backend][0], where
+    assert where[other] == [], where
+
+
 def variant_links(backend):
     return ["%s-%s%s" % (f, backend, s) for f in FAMILIES for s in SUFFIXES]
 
@@ -111,29 +137,31 @@ class Image(object):
         return {n: (os.readlink(os.path.join(d, n)) if os.path.islink(os.path.join(d, n)) else "file")
                 for n in os.listdir(d)}
 
-    def command(self, cmd, netns=None, enter=None):
+    def command(self, cmd, netns=None, enter=None, pid_ns=True):
         """argv that runs cmd inside the container.
 
         netns: the Netns the container lives in (entered before the container's namespaces are
         made, as a runtime does), or None for the caller's own; enter: a Netns the process already
-        inside the container joins by path (`nsenter --net=/run/netns/NAME`, as a node agent does)."""
+        inside the container joins by path (`nsenter --net=/run/netns/NAME`, as a node agent does);
+        pid_ns=False: share the host's PID namespace (a `hostPID: true` pod), so only the mount
+        namespace and the chroot make it a container."""
         inner = list(cmd)
         if enter is not None:
             inner = ["/usr/bin/nsenter", "--net=" + enter.path] + inner
-        argv = ["/usr/bin/unshare", "--mount", "--pid", "--fork", "/bin/sh", "-c", ENTER, "enter",
-                self.root, "netns" if enter is not None else "-"] + inner
+        unshare = ["/usr/bin/unshare", "--mount"] + (["--pid", "--fork"] if pid_ns else [])
+        argv = unshare + ["/bin/sh", "-c", ENTER, "enter", self.root, "netns" if enter is not None else "-"] + inner
         if netns is not None:
             argv = ["/usr/bin/nsenter", "--net=" + netns.path] + argv
         return argv
 
-    def run(self, cmd, netns=None, enter=None, env=None, input=None, timeout=60, **extra_env):
+    def run(self, cmd, netns=None, enter=None, env=None, input=None, timeout=60, pid_ns=True, **extra_env):
         """Run cmd in the container; env is the container process's whole environment (default:
         the container PATH, LC_ALL=C), extra_env is added to it (None values dropped)."""
         full_env = dict(env) if env is not None else {"PATH": CONTAINER_PATH, "LC_ALL": "C"}
         full_env.update({k: v for k, v in extra_env.items() if v is not None})
         full_env["SHIM_SRC"] = REPO  # read by ENTER on the host side, unset before chroot
         return subprocess.run(
-            self.command(cmd, netns, enter), env=full_env, input=input, stdout=subprocess.PIPE,
+            self.command(cmd, netns, enter, pid_ns), env=full_env, input=input, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, timeout=timeout, check=False,
         )
 
@@ -145,10 +173,10 @@ class Image(object):
         assert r.returncode == 0, (script, r.stdout, r.stderr)
         return r.stdout.decode()
 
-    def explain(self, netns=None, enter=None, family="iptables", **extra_env):
+    def explain(self, netns=None, enter=None, family="iptables", pid_ns=True, **extra_env):
         """`iptables-shim explain --json` inside the container, parsed."""
         r = self.run([CONTAINER_SHIM + "/bin/iptables-shim", "explain", "--json", "--family", family],
-                     netns=netns, enter=enter, **extra_env)
+                     netns=netns, enter=enter, pid_ns=pid_ns, **extra_env)
         assert r.returncode == 0, r.stderr
         return json.loads(r.stdout.decode())
 

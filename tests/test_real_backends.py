@@ -13,30 +13,7 @@ import shutil
 import pytest
 
 from conftest import BIN, REPO, SYSTEM_PATH, shim_env
-from rootfs import make_image  # noqa: F401  (pytest fixture)
-
-ADDR4 = "198.51.100.7"
-ADDR6 = "2001:db8::7"
-MARK = "iptables-shim-probe"
-WRITE4 = ["iptables", "-A", "INPUT", "-s", ADDR4, "-m", "comment", "--comment", MARK, "-j", "ACCEPT"]
-WRITE6 = ["ip6tables", "-A", "INPUT", "-s", ADDR6, "-m", "comment", "--comment", MARK, "-j", "ACCEPT"]
-
-
-def landed(netns):
-    """{backend: [rule lines carrying MARK]} over both families, read with the real save binaries."""
-    return {
-        backend: [l for f in ("iptables", "ip6tables") for l in netns.rules(backend, f) if MARK in l]
-        for backend in ("nft", "legacy")
-    }
-
-
-def assert_only_in(netns, backend, family="iptables"):
-    where = landed(netns)
-    other = "legacy" if backend == "nft" else "nft"
-    assert len(where[backend]) == 1, where
-    assert (ADDR4 if family == "iptables" else ADDR6) in where[backend][0], where
-    assert where[other] == [], where
-
+from rootfs import ADDR4, MARK, WRITE4, WRITE6, assert_only_in, landed, make_image  # noqa: F401
 
 # (case, image backends, image alias, set-up with the real variant binaries, expected backend)
 CONTAINER_CASES = [
