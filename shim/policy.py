@@ -64,6 +64,29 @@ def override(mode):
 def decide(facts):
     if facts.mode is not None:
         return override(facts.mode)
+    # A fact that could not be read (None) is not an absent one: a refused probe (no CAP_NET_ADMIN,
+    # a seccomp filter on netlink) must not send rules into the backend the host does not read.
+    # Decide only what every reading of the unread facts agrees on; otherwise stop.
+    unread = [(kind, b) for kind in ("rules", "hints") for b in BACKENDS
+              if getattr(facts, kind).get(b) is None]
+    if unread and not (facts.context == "host" and facts.alias_backend):
+        answers = set()
+        for mask in range(1 << len(unread)):
+            filled = {"rules": dict(facts.rules), "hints": dict(facts.hints)}
+            for i, (kind, b) in enumerate(unread):
+                filled[kind][b] = bool(mask >> i & 1)
+            answers.add(_decide(Facts(facts.context, facts.alias_backend, filled["rules"],
+                                      filled["hints"], facts.binaries)).backend)
+        if len(answers) > 1:
+            raise ShimError(
+                "could not read %s, and the choice of backend depends on it: give the shim "
+                "CAP_NET_ADMIN and netlink (as iptables itself needs), or set IPTABLES_SHIM_MODE=nft|legacy"
+                % ", ".join("the %s of %s" % (kind, b) for kind, b in unread)
+            )
+    return _decide(facts)
+
+
+def _decide(facts):
     grounded = any(facts.rules.get(b) or facts.hints.get(b) for b in BACKENDS)
     alias = facts.alias_backend
     if facts.context == "host" and alias:

@@ -36,7 +36,8 @@ TABLE = [
     ("rules in both: nft wins the tie", facts(alias="legacy", rules=BOTH), "nft", 4, True),
     ("empty netns, image aliases nft", facts(alias="nft"), "nft", 6, False),
     ("empty netns, image aliases legacy", facts(alias="legacy"), "legacy", 6, False),
-    ("rules unknown count as none", facts(alias="legacy", rules=UNKNOWN, hints=UNKNOWN), "legacy", 6, False),
+    ("nft rules unread, legacy holds none: nft either way", facts(alias="nft", rules={"nft": None, "legacy": False}), "nft", 6, False),
+    ("host alias decides even when nothing could be read", facts("host", "legacy", UNKNOWN, UNKNOWN), "legacy", 2, False),
     ("no rules, no alias, both binaries: nft", facts(), "nft", 7, False),
     ("no rules, no alias, legacy binaries only", facts(binaries=LEGACY_ONLY), "legacy", 7, False),
     ("no rules, no alias, nft binaries only", facts(binaries=NFT_ONLY), "nft", 7, False),
@@ -88,3 +89,14 @@ def test_missing_binary_for_chosen_backend_is_an_error(alias_path, alias_backend
     message = str(err.value)
     assert "iptables-nft-save is not on PATH" in message and "step 4" in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize("given", [
+    facts(alias="legacy", rules=UNKNOWN, hints=UNKNOWN),                       # nothing could be read
+    facts(alias="legacy", rules={"nft": None, "legacy": False}),               # netlink refused, nft rules unseen
+    facts(alias="nft", rules={"nft": False, "legacy": None}, hints={"nft": False, "legacy": None}),
+    facts(alias="nft", rules=NFT_ONLY, hints={"nft": False, "legacy": None}),  # a legacy hint would win
+], ids=["all unread", "nft unread", "legacy unread", "legacy hint unread"])
+def test_unread_facts_that_could_change_the_backend_are_an_error(given):
+    with pytest.raises(ShimError, match="could not read .* IPTABLES_SHIM_MODE"):
+        decide(given)
