@@ -10,6 +10,7 @@ import os
 XTABLES = ("filter", "nat", "mangle", "raw", "security")
 HINT_TABLE = "mangle"
 HINT_CHAINS = ("KUBE-IPTABLES-HINT", "KUBE-KUBELET-CANARY")
+INCOMPATIBLE = ("# Table `", "' is incompatible")  # iptables-nft-save's line for an unreadable table
 LEGACY_TABLE_FILES = {"iptables": "net/ip_tables_names", "ip6tables": "net/ip6_tables_names"}
 
 
@@ -33,7 +34,13 @@ def parse_save(lines):
     table = None
     has_rules = has_hint = False
     for line in lines:
-        if line.startswith("*"):
+        if line.startswith(INCOMPATIBLE[0]) and INCOMPATIBLE[1] in line:
+            # An older iptables-nft-save (1.8.7) cannot parse what a newer one wrote (e.g. a
+            # `--dport 80:90` from 1.8.9) and prints this instead of the table: the rules are
+            # there all the same, and must count, or a bullseye image would pick the other backend.
+            if line[len(INCOMPATIBLE[0]):].split("'", 1)[0] in XTABLES:
+                has_rules = True
+        elif line.startswith("*"):
             table = line[1:].strip()
         elif table not in XTABLES:
             continue
