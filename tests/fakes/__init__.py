@@ -73,5 +73,5 @@ def cache_files(directory):
     """Names in the cache directory ([] if it does not exist)."""
     try:
         return sorted(os.listdir(str(directory)))
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return []
