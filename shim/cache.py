@@ -90,7 +90,9 @@ def store(directory, key, backend, step, reason):
         return False
     try:
         try:
-            os.write(fd, format_entry(backend, step, reason))
+            data = format_entry(backend, step, reason)
+            if os.write(fd, data) != len(data):  # a file size limit or quota cut it short
+                raise OSError("short write")
         finally:
             os.close(fd)
         # rename replaces a symlink or a bad file itself, never what a symlink points to.
