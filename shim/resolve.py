@@ -49,7 +49,7 @@ def gather(family, env, shim_ids, caller, proc="/proc"):
     states = {}
     for backend in BACKENDS:
         save_paths = {f: found.get(variant_name(f, backend, "-save")) for f in FAMILIES}
-        states[backend] = rules.save_probe(backend, save_paths, proc)
+        states[backend] = rules.backend_state(backend, save_paths, proc)  # kernel, else *-save
     present = {
         b: any(variant_name(f, b, s) in found for f in FAMILIES for s in TOOL_SUFFIXES) for b in BACKENDS
     }

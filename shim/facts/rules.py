@@ -1,17 +1,23 @@
-"""Does a backend hold iptables rules, or kubelet's hint chain, in this netns? Read from `*-save`.
+"""Does a backend hold iptables rules, or kubelet's hint chain, in this netns?
+
+Two probes per backend with one signature, tried in order: the kernel probe (nft_kernel: netlink;
+legacy_kernel: /proc/net/ip{,6}_tables_names and the x_tables socket options), which sees every
+backend whatever binaries this filesystem has and costs the same at any ruleset size; and where
+the kernel probe is refused (seccomp, a missing capability, no protocol support), the reference
+probe that runs the `*-save` binaries and reads their output. `BackendState.source` says which one
+answered, for `explain`.
 
 Nothing here may create a table or load a module: legacy is only read where
 /proc/net/ip{,6}_tables_names already lists tables, since `iptables-legacy-save` of a table that
 does not exist yet would create it and flip the next detection.
 """
 
-import os
+from shim.facts import legacy_kernel, nft_kernel
+from shim.facts.legacy_kernel import legacy_tables  # noqa: F401 (kept importable from here)
+from shim.facts.xtables import HINT_CHAINS, HINT_TABLE, XTABLES, Unavailable  # noqa: F401
 
-XTABLES = ("filter", "nat", "mangle", "raw", "security")
-HINT_TABLE = "mangle"
-HINT_CHAINS = ("KUBE-IPTABLES-HINT", "KUBE-KUBELET-CANARY")
-INCOMPATIBLE = ("# Table `", "' is incompatible")  # iptables-nft-save's line for an unreadable table
-LEGACY_TABLE_FILES = {"iptables": "net/ip_tables_names", "ip6tables": "net/ip6_tables_names"}
+KERNEL_PROBES = {"nft": (nft_kernel.probe, nft_kernel.SOURCE),
+                 "legacy": (legacy_kernel.probe, legacy_kernel.SOURCE)}
 
 
 class BackendState(object):
@@ -52,15 +58,6 @@ def parse_save(lines):
     return has_rules, has_hint
 
 
-def legacy_tables(family, proc="/proc"):
-    """Names of the legacy tables that exist for a family in this netns (no side effects)."""
-    try:
-        with open(os.path.join(proc, LEGACY_TABLE_FILES[family])) as f:
-            return [line.strip() for line in f if line.strip()]
-    except OSError:
-        return []  # module not loaded: no legacy table can exist
-
-
 def run_save(path):
     """Lines a `*-save` binary prints, or None if it could not run."""
     import subprocess
@@ -97,3 +94,16 @@ def save_probe(backend, save_paths, proc="/proc"):
         source = "save (unread: %s)" % ", ".join(unread)
         return BackendState(rules or None, hint or None, source)
     return BackendState(rules, hint, "save")
+
+
+def backend_state(backend, save_paths, proc="/proc", kernel_probe=None):
+    """BackendState for `backend`: the kernel probe, or the save probe where it is unavailable.
+    `kernel_probe` is a (probe(proc) -> (rules, hint), source) pair; by default the backend's own."""
+    probe, source = kernel_probe or KERNEL_PROBES[backend]
+    try:
+        rules, hint = probe(proc)
+        return BackendState(rules, hint, source)
+    except Unavailable as e:
+        state = save_probe(backend, save_paths, proc)
+        state.source = "%s; kernel probe unavailable: %s" % (state.source, e)
+        return state
