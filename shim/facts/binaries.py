@@ -28,6 +28,21 @@ def search_dirs(path_env):
     return [d for d in (path_env or "").split(os.pathsep) if d.startswith("/")]
 
 
+SHIM_MARK = b"from shim.main import main"  # the entry script's own line: found in a copy of it too
+
+
+def is_shim_copy(path, st):
+    """Is this a copy of the shim (another checkout's bin/, cp -r): the same entry script in another
+    file, which file identity cannot tell. Only small files are read: real binaries are large."""
+    if st.st_size > 65536:
+        return False
+    try:
+        with open(path, "rb") as f:
+            return SHIM_MARK in f.read(4096)
+    except OSError:
+        return False
+
+
 def find_on_path(names, path_env, shim_ids):
     """{name: path} of the first executable regular file for each name, skipping shims."""
     found = {}
@@ -41,7 +56,7 @@ def find_on_path(names, path_env, shim_ids):
                 st = os.stat(path)
             except OSError:
                 continue
-            if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) in shim_ids:
+            if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) in shim_ids or is_shim_copy(path, st):
                 continue
             if os.access(path, os.X_OK):
                 found[name] = path
