@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
-from conftest import BIN, SYSTEM_PATH, shim_env
-from fakes import SAVE_NAMES, cache_files, call, log_lines, netns_key, recording_dir
+from conftest import shim_env
+from fakes import cache_files, call, netns_key
 
 CONTAINER = {"IPTABLES_SHIM_CONTEXT": "container"}  # decide from the rules, not the host's alias
 WRONG = b"nft 4 nft holds rules\n"  # a well-formed entry naming the backend that is wrong here
@@ -39,24 +39,36 @@ def assert_good_entry(path, backend):
     assert data.startswith(backend.encode() + b" ") and data.endswith(b"\n") and data.count(b"\n") == 1, data
 
 
+PROBE_SYSCALLS = "socket,getsockopt,sendto,sendmsg,execve,clone,clone3,fork,vfork"
+
+
+def shim_syscalls(netns, env, source, trace):
+    """Run the shim's `iptables -A` under strace; the syscalls of the shim itself, i.e. those before
+    the execve into the real binary (the same PID carries on as iptables-legacy afterwards)."""
+    proc, _ = call(netns, ["/usr/bin/strace", "-f", "-qq", "-e", "trace=" + PROBE_SYSCALLS, "-o", str(trace),
+                           "iptables", "-A", "INPUT", "-s", source, "-j", "ACCEPT"], env)
+    assert proc.returncode == 0 and proc.stderr == b"", proc.stderr
+    calls = [line.split(" ", 1)[1] for line in trace.read_text().splitlines()]
+    execs = [i for i, c in enumerate(calls) if c.startswith("execve(")]
+    assert len(execs) >= 2 and calls[execs[-1]].startswith('execve("/usr/sbin/iptables-legacy"'), calls
+    return calls[execs[0] + 1:execs[-1]]
+
+
 def test_first_call_writes_one_entry_and_the_second_reuses_it_without_probing(netns, cache_dir, tmp_path):
+    """Shown with strace: the first call probes the kernel (netlink, x_tables sockopts); the next
+    ones read the netns cookie and the entry, open no other socket, start no process."""
     legacy_netns(netns)
-    # The save binaries the probe runs are recording wrappers: each probe leaves a log line.
-    fake = recording_dir(tmp_path / "fake", SAVE_NAMES)
-    log = tmp_path / "probes.log"
-    env = shim_env(cache_dir, path=BIN + ":" + fake + ":" + SYSTEM_PATH, FAKE_LOG=str(log), **CONTAINER)
-    first = add(netns, env, "192.0.2.1")
-    assert first.returncode == 0 and first.stderr == b"", first.stderr
-    assert "iptables-legacy-save" in [r["name"] for r in log_lines(log)]  # the cold path probed
+    env = shim_env(cache_dir, **CONTAINER)
+    first = shim_syscalls(netns, env, "192.0.2.1", tmp_path / "trace1")
+    assert any("AF_NETLINK" in c or "IPT_SO_GET_INFO" in c or c.startswith(("clone", "fork", "vfork"))
+               for c in first), first
     key = netns_key(netns)
     assert cache_files(cache_dir) == [key]
     assert_good_entry(cache_dir / key, "legacy")
     assert stat.S_IMODE(os.lstat(str(cache_dir)).st_mode) == 0o700
-    os.unlink(str(log))
-    for source in ("192.0.2.2", "192.0.2.3"):
-        again = add(netns, env, source)
-        assert again.returncode == 0 and again.stderr == b"", again.stderr
-    assert log_lines(log) == []  # no save binary ran: the entry answered
+    for n, source in enumerate(("192.0.2.2", "192.0.2.3")):
+        again = shim_syscalls(netns, env, source, tmp_path / ("trace-again%d" % n))
+        assert len(again) == 2 and again[0].startswith("socket(AF_UNIX,") and "SO_NETNS_COOKIE" in again[1], again
     assert cache_files(cache_dir) == [key]
     assert [holder(netns, s) for s in ("192.0.2.1", "192.0.2.2", "192.0.2.3")] == [["legacy"]] * 3
 

@@ -86,3 +86,17 @@ def test_path_layout_runs_the_real_binary_or_stops_within_a_second(netns, cache_
         assert proc.returncode == 127 and proc.stdout == b"", err
         assert err.startswith("iptables-shim: ") and err.count("\n") == 1, err
         assert holders(netns, "192.0.2.1") == []
+
+
+@pytest.mark.parametrize("name", ["bin-twice", "symlinked-dir-first", "copied-checkout-first",
+                                  "copied-checkout-second", "two-copies-and-bin"])
+def test_another_shim_on_path_does_not_hide_the_host_alias(netns, cache_dir, tmp_path, name):
+    """Host context: the host's own alias (/usr/sbin/iptables, nft here) decides, as kubelet would,
+    even with legacy rules present. A second shim found before it on PATH is no alias of any
+    backend: taking it for one would drop that rule and write where the host does not read."""
+    netns.ok("iptables-legacy -A FORWARD -s 203.0.113.1 -j DROP")
+    env = shim_env(cache_dir, path=layout(tmp_path, name))
+    proc, elapsed = call(netns, ["iptables", "-A", "INPUT", "-s", "192.0.2.1", "-j", "ACCEPT"], env, timeout=20)
+    assert proc.returncode == 0, proc.stderr
+    assert elapsed < 1.0
+    assert holders(netns, "192.0.2.1") == ["nft"]
