@@ -16,6 +16,7 @@ from shim.facts import legacy_kernel, nft_kernel
 from shim.facts.legacy_kernel import legacy_tables  # noqa: F401 (kept importable from here)
 from shim.facts.xtables import HINT_CHAINS, HINT_TABLE, XTABLES, Unavailable  # noqa: F401
 
+INCOMPATIBLE = ("# Table `", "' is incompatible")  # iptables-nft-save's line for an unreadable table
 KERNEL_PROBES = {"nft": (nft_kernel.probe, nft_kernel.SOURCE),
                  "legacy": (legacy_kernel.probe, legacy_kernel.SOURCE)}
 
