@@ -1,0 +1,108 @@
+#!/usr/bin/python3
+"""Start-up of the frozen shim against the source shim, on a cache hit.
+
+    /usr/bin/python3 bench/frozen.py [--frozen dist/iptables-shim] [--onefile FILE] [-n 200] [--json]
+
+Runs itself in a fresh private netns (`unshare -n`, root), writes one nft rule there (so the
+decision is grounded and cached), warms each shim's cache with one call, then times N calls of
+`iptables -V` each way (os.posix_spawn + waitpid, median and p90 in ms). The real binary's own
+`iptables-nft -V` is measured too, so the shim's overhead is the difference. Prints one line per
+command and the ratio frozen/source of the medians (the target is <= 2).
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def spawn_times(argv, env, n):
+    """Wall-clock seconds of n runs of argv, output discarded."""
+    devnull = os.open(os.devnull, os.O_RDWR)
+    actions = [(os.POSIX_SPAWN_DUP2, devnull, 0), (os.POSIX_SPAWN_DUP2, devnull, 1),
+               (os.POSIX_SPAWN_DUP2, devnull, 2)]
+    times = []
+    try:
+        for _ in range(n):
+            t0 = time.perf_counter()
+            pid = os.posix_spawn(argv[0], argv, env, file_actions=actions)
+            _, status = os.waitpid(pid, 0)
+            times.append(time.perf_counter() - t0)
+            if os.waitstatus_to_exitcode(status) != 0:
+                raise SystemExit("bench: %s exited %d" % (argv, os.waitstatus_to_exitcode(status)))
+    finally:
+        os.close(devnull)
+    return times
+
+
+def summary(times):
+    s = sorted(times)
+    return {"median_ms": round(s[len(s) // 2] * 1000, 2), "p90_ms": round(s[int(len(s) * 0.9)] * 1000, 2),
+            "min_ms": round(s[0] * 1000, 2), "n": len(s)}
+
+
+def measure(frozen, onefile, n):
+    subprocess.run(["iptables-nft", "-A", "INPUT", "-s", "192.0.2.1", "-j", "DROP"], check=True,
+                   env={"PATH": SYSTEM_PATH})
+    cases = [("real iptables-nft -V", ["/usr/sbin/iptables-nft", "-V"], None),
+             ("python3 -I -S -c pass", ["/usr/bin/python3", "-I", "-S", "-c", "pass"], None),
+             ("source shim iptables -V", [os.path.join(REPO, "bin", "iptables"), "-V"], os.path.join(REPO, "bin"))]
+    if frozen:
+        cases.append(("frozen shim iptables -V", [os.path.join(frozen, "iptables"), "-V"], frozen))
+    if onefile:
+        cases.append(("onefile shim iptables -V", [os.path.join(os.path.dirname(onefile), "iptables"), "-V"], os.path.dirname(onefile)))
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, argv, bindir in cases:
+            cache = os.path.join(tmp, str(len(results)))
+            os.mkdir(cache, 0o700)
+            env = {"PATH": (bindir + ":" if bindir else "") + SYSTEM_PATH, "IPTABLES_SHIM_CACHE_DIR": cache}
+            spawn_times(argv, env, 3)  # warm: page cache and the shim's per-netns entry
+            if bindir and not os.listdir(cache):
+                raise SystemExit("bench: %s wrote no cache entry; not a cache-hit measurement" % label)
+            results[label] = summary(spawn_times(argv, env, n))
+    src = results["source shim iptables -V"]["median_ms"]
+    for label in ("frozen shim iptables -V", "onefile shim iptables -V"):
+        if label in results:
+            results[label]["ratio_to_source"] = round(results[label]["median_ms"] / src, 2)
+    return results
+
+
+def main(argv):
+    args = list(argv[1:])
+    frozen = onefile = None
+    n, as_json = 200, False
+    while args:
+        a = args.pop(0)
+        if a == "--frozen":
+            frozen = os.path.abspath(args.pop(0))
+        elif a == "--onefile":
+            onefile = os.path.abspath(args.pop(0))
+        elif a == "-n":
+            n = int(args.pop(0))
+        elif a == "--json":
+            as_json = True
+        elif a == "--in-netns":
+            pass
+        else:
+            raise SystemExit(__doc__)
+    if "--in-netns" not in argv:
+        os.execvp("unshare", ["unshare", "-n", sys.executable] + argv + ["--in-netns"])
+    results = measure(frozen, onefile, n)
+    if as_json:
+        print(json.dumps(results, indent=2, sort_keys=True))
+    else:
+        for label, r in results.items():
+            extra = "  (%.2fx source)" % r["ratio_to_source"] if "ratio_to_source" in r else ""
+            print("%-28s median %6.2f ms  p90 %6.2f ms  min %6.2f ms%s"
+                  % (label, r["median_ms"], r["p90_ms"], r["min_ms"], extra))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

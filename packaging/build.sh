@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# Build the frozen iptables-shim: dist/iptables-shim/, one directory to copy into any image.
+#
+#   packaging/build.sh            portable build (default; root): inside a Debian bullseye minbase
+#                                 tree (glibc 2.31, Python 3.9), so the result runs on bullseye and
+#                                 anything newer. The tree is made once with debootstrap and kept in
+#                                 $IPTABLES_SHIM_BUILD_ROOT (default /var/cache/iptables-shim-build/bullseye).
+#   packaging/build.sh --host     quick build with this machine's /usr/bin/python3: runs only where
+#                                 glibc is at least this machine's (bookworm: 2.36; not on bullseye).
+#   --out DIR                     put iptables-shim/ in DIR instead of dist/
+#   --onefile                     also build DIR/onefile/iptables-shim (one file; for measurement only)
+#
+# The result: dist/iptables-shim/iptables-shim (a multi-call executable dispatching on argv[0]),
+# its _internal/ directory, and the six names iptables, iptables-save, iptables-restore,
+# ip6tables, ip6tables-save, ip6tables-restore as relative symlinks to it. Onedir, not onefile:
+# the reasons and the measurements are in packaging/iptables-shim.spec.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PYINSTALLER_VERSION="${PYINSTALLER_VERSION:-6.22.3}"
+SUITE=bullseye
+MIRROR="${IPTABLES_SHIM_MIRROR:-http://deb.debian.org/debian}"
+NAMES="iptables iptables-save iptables-restore ip6tables ip6tables-save ip6tables-restore"
+ROOT_PACKAGES=python3,python3-venv,libpython3.9,binutils,ca-certificates
+STAMP=.iptables-shim-build-root
+
+say() { echo "build.sh: $*" >&2; }
+die() { echo "build.sh: $*" >&2; exit 1; }
+
+# pyinstaller_build PYTHON WORK SRC OUT [onefile]: venv in WORK/venv, PyInstaller from PyPI, build
+# SRC's spec into OUT. Runs on the host (--host) or inside the build root (--inside).
+pyinstaller_build() {
+    local python=$1 work=$2 src=$3 out=$4 onefile=${5:-}
+    if [ ! -x "$work/venv/bin/pyinstaller" ] || ! "$work/venv/bin/pyinstaller" --version 2>/dev/null | grep -qx "$PYINSTALLER_VERSION"; then
+        rm -rf "$work/venv"
+        "$python" -m venv "$work/venv"
+        "$work/venv/bin/pip" install -q --disable-pip-version-check "pyinstaller==$PYINSTALLER_VERSION"
+    fi
+    rm -rf "$out/iptables-shim" "$out/onefile"
+    "$work/venv/bin/pyinstaller" --noconfirm --log-level WARN --distpath "$out" --workpath "$work/pyi" \
+        "$src/packaging/iptables-shim.spec"
+    if [ -n "$onefile" ]; then
+        IPTABLES_SHIM_ONEFILE=1 "$work/venv/bin/pyinstaller" --noconfirm --log-level WARN \
+            --distpath "$out/onefile" --workpath "$work/pyi-onefile" "$src/packaging/iptables-shim.spec"
+    fi
+}
+
+# The six names (and nothing else) as links beside the executable: relative, so the directory
+# can be copied or moved as a whole.
+add_links() {
+    local dir=$1 n
+    for n in $NAMES; do
+        ln -sfn iptables-shim "$dir/$n"
+    done
+}
+
+ensure_build_root() {
+    local root=$1
+    # The stamp holds the package list: a root made with other packages is made again.
+    [ "$(cat "$root/$STAMP" 2>/dev/null)" = "$SUITE $ROOT_PACKAGES" ] && return 0
+    command -v debootstrap >/dev/null || die "debootstrap is missing: apt-get install -y debootstrap (or use --host)"
+    say "creating the $SUITE build root in $root (debootstrap, about a minute)"
+    rm -rf "$root"
+    mkdir -p "$(dirname "$root")"
+    debootstrap --variant=minbase --include="$ROOT_PACKAGES" "$SUITE" "$root" "$MIRROR" >"$root.log" 2>&1 ||
+        die "debootstrap failed, see $root.log"
+    echo "$SUITE $ROOT_PACKAGES" >"$root/$STAMP"
+}
+
+# Build inside the bullseye tree: copy the sources in, run this script there with --inside, copy
+# the result out. /proc and /dev are mounted in a private mount namespace, gone when it ends.
+portable_build() {
+    local root=$1 out=$2 onefile=$3
+    [ "$(id -u)" = 0 ] || die "the portable build needs root (debootstrap, chroot); use --host for a local build"
+    ensure_build_root "$root"
+    rm -rf "$root/opt/build/src" "$root/opt/build/out"
+    mkdir -p "$root/opt/build/src" "$root/opt/build/out"
+    cp -a "$REPO/shim" "$REPO/packaging" "$root/opt/build/src/"
+    find "$root/opt/build/src" -name __pycache__ -prune -exec rm -rf {} +
+    cp -L /etc/resolv.conf "$root/etc/resolv.conf" 2>/dev/null || true
+    local pass=() v ca="${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}"
+    for v in http_proxy https_proxy no_proxy HTTP_PROXY HTTPS_PROXY NO_PROXY PIP_INDEX_URL; do
+        [ -n "${!v:-}" ] && pass+=("$v=${!v}")
+    done
+    # pip in the build root trusts what the host trusts (a site CA in front of PyPI, say).
+    if [ -f "$ca" ]; then
+        cp -L "$ca" "$root/opt/build/host-ca.crt"
+        pass+=("PIP_CERT=/opt/build/host-ca.crt")
+    fi
+    unshare -m --propagation private sh -c '
+        mount -t proc proc "$1/proc" && mount --rbind /dev "$1/dev" && shift && exec chroot "$@"' \
+        sh "$root" "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LC_ALL=C.UTF-8 \
+        PYINSTALLER_VERSION="$PYINSTALLER_VERSION" ${pass[@]+"${pass[@]}"} \
+        /bin/bash /opt/build/src/packaging/build.sh --inside ${onefile:+--onefile}
+    rm -rf "$out/iptables-shim" "$out/onefile"
+    mkdir -p "$out"
+    cp -a "$root/opt/build/out/iptables-shim" "$out/"
+    [ -z "$onefile" ] || cp -a "$root/opt/build/out/onefile" "$out/"
+}
+
+main() {
+    local mode=portable out="$REPO/dist" onefile= root="${IPTABLES_SHIM_BUILD_ROOT:-/var/cache/iptables-shim-build/$SUITE}"
+    while [ $# -gt 0 ]; do
+        case $1 in
+            --host) mode=host ;;
+            --inside) mode=inside ;;
+            --onefile) onefile=1 ;;
+            --out) out=$(realpath -m "$2"); shift ;;
+            -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+            *) die "unknown option $1 (see --help)" ;;
+        esac
+        shift
+    done
+    local t0=$SECONDS
+    case $mode in
+        inside) pyinstaller_build /usr/bin/python3 /opt/build /opt/build/src /opt/build/out "$onefile"; return ;;
+        host)
+            [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null ||
+                die "/usr/bin/python3 with venv is needed: apt-get install -y python3-venv"
+            pyinstaller_build /usr/bin/python3 "$REPO/build" "$REPO" "$out" "$onefile" ;;
+        portable) portable_build "$root" "$out" "$onefile" ;;
+    esac
+    add_links "$out/iptables-shim"
+    say "built $out/iptables-shim ($mode, $((SECONDS - t0)) s); glibc needed: $(
+        objdump -T "$out"/iptables-shim/_internal/libpython3*.so* 2>/dev/null | grep -o 'GLIBC_[0-9.]*' | sort -V | tail -1 || echo '?')"
+}
+
+main "$@"
