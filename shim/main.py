@@ -17,28 +17,29 @@ from shim.tools import CLI_NAME, SHIM_NAMES, split_name, variant_name
 
 
 def decide_for_call(family, env, shim_ids, caller):
-    """(decision, found binaries or None, how): the override, the cache, or the facts."""
+    """(decision, found binaries or None, how, (directory, key) to store it in once a binary for it
+    is found, or None): the override, the cache, or the facts."""
+    if env.get("IPTABLES_SHIM_CONTEXT") not in (None, "", "host", "container"):
+        from shim.resolve import context_fact
+
+        context_fact(env, None)  # its error for a bad value, on every call: before cache and probes
     mode = env.get("IPTABLES_SHIM_MODE")
     if mode:
-        return override(mode), None, "override, not cached"
+        return override(mode), None, "override, not cached", None
     directory = cache.cache_dir(env)
     key = netns.netns_key() if directory else None
     if key:
         entry = cache.load(directory, key)
         if entry:
-            return Decision(*entry), None, "cache hit %s/%s" % (directory, key)
+            return Decision(*entry), None, "cache hit %s/%s" % (directory, key), None
     from shim.resolve import decide_here  # the cold path: facts and probes
 
     decision, gathered = decide_here(family, env, shim_ids, caller)
     if not key:
-        how = "cache off" if not directory else "no netns key, not cached"
-    elif not decision.grounded:
-        how = "no rules in any backend, re-checked next call"
-    elif cache.store(directory, key, decision.backend, decision.step, decision.reason):
-        how = "cached in %s/%s" % (directory, key)
-    else:
-        how = "cache %s unusable, not cached" % directory
-    return decision, gathered.found, how
+        return decision, gathered.found, "cache off" if not directory else "no netns key, not cached", None
+    if not decision.grounded:
+        return decision, gathered.found, "no rules in any backend, re-checked next call", None
+    return decision, gathered.found, "", (directory, key)
 
 
 def run_tool(name, argv, env, shim_path):
@@ -51,7 +52,7 @@ def run_tool(name, argv, env, shim_path):
         )
     own = identity(shim_path)
     shim_ids = {own} if own else set()
-    decision, found, how = decide_for_call(family, env, shim_ids, shim_path)
+    decision, found, how, store_in = decide_for_call(family, env, shim_ids, shim_path)
     wanted = variant_name(family, decision.backend, suffix)
     if found is None:
         found = find_on_path([wanted, name], env.get("PATH"), shim_ids)
@@ -60,6 +61,11 @@ def run_tool(name, argv, env, shim_path):
     if not variant_path and alias_path:
         backend_of_alias = alias_backend(alias_path, shim_path)[0]
     path = choose_binary(decision, wanted, variant_path, alias_path, backend_of_alias)
+    if store_in:  # only now: a call that cannot run (a broken PATH) must not decide for later ones
+        if cache.store(store_in[0], store_in[1], decision.backend, decision.step, decision.reason):
+            how = "cached in %s/%s" % store_in
+        else:
+            how = "cache %s unusable, not cached" % store_in[0]
     if env.get("IPTABLES_SHIM_DEBUG") == "1":
         sys.stderr.write(
             "iptables-shim: %s -> %s: %s (step %d: %s; %s; netns %s)\n"
