@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from conftest import shim_env
+from conftest import BIN, shim_env
 from fakes import cache_files, call, netns_key
 
 CONTAINER = {"IPTABLES_SHIM_CONTEXT": "container"}  # decide from the rules, not the host's alias
@@ -95,6 +95,19 @@ def test_decision_on_an_empty_netns_is_rechecked(netns, cache_dir):
     assert add(netns, env, "192.0.2.1").returncode == 0
     assert holder(netns, "192.0.2.1") == ["legacy"]
     assert_good_entry(cache_dir / netns_key(netns), "legacy")
+
+
+def test_a_call_that_cannot_run_leaves_no_entry_for_later_calls(netns, cache_dir):
+    """Host context: the host's alias (nft) decides, whatever the rules. A call from a PATH without
+    that alias (or any iptables) fails; it must not cache the decision it made without the alias
+    (legacy, from the rules), or every later call in this netns would write to legacy."""
+    legacy_netns(netns)
+    failed = add(netns, shim_env(cache_dir, path=BIN + ":/usr/bin"), "192.0.2.1")
+    assert failed.returncode == 127 and failed.stderr.startswith(b"iptables-shim: ")
+    assert cache_files(cache_dir) == []
+    assert add(netns, shim_env(cache_dir), "192.0.2.2").returncode == 0
+    assert holder(netns, "192.0.2.2") == ["nft"]
+    assert_good_entry(cache_dir / netns_key(netns), "nft")
 
 
 def plant_evil(tmp_path):

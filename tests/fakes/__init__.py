@@ -39,12 +39,12 @@ def recorded_argv(path):
     return data.split(b"\0")[:-1] if data else []
 
 
-def call(netns, argv, env, input=None, timeout=30):
+def call(netns, argv, env, input=None, timeout=30, cwd=None):
     """Run argv inside netns with exactly env (PATH may be empty or broken: nsenter is named by
     absolute path). Returns (CompletedProcess, elapsed seconds)."""
     start = time.monotonic()
     proc = subprocess.run([NSENTER, "--net=" + netns.path] + list(argv), env=env, input=input,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout, cwd=cwd)
     return proc, time.monotonic() - start
 
 
