@@ -14,6 +14,7 @@ namespaces and chroot (tests/rootfs.py).
 
 import json
 import os
+import subprocess
 
 import pytest
 
@@ -39,14 +40,13 @@ def test_cni_plugin_host_path_in_pod_netns_uses_the_host_alias(netns, cache_dir,
     assert NFT_HOST, "this test assumes the host aliases iptables to nft"
     netns.ok("iptables-legacy -t nat -A POSTROUTING -s 10.0.0.0/24 -j MASQUERADE")
     env = shim_env(cache_dir)
-    if via == "nsenter":
-        run = lambda cmd: netns.run(cmd, env=env)  # noqa: E731
-    else:
-        import subprocess
 
-        def run(cmd):
-            return subprocess.run(["ip", "netns", "exec", netns.name] + cmd, env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+    def run(cmd):
+        if via == "nsenter":
+            return netns.run(cmd, env=env)
+        return subprocess.run(["ip", "netns", "exec", netns.name] + cmd, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+
     report = host_explain(netns, cache_dir, runner=run)
     assert report["context"]["value"] == "host", report["context"]
     assert report["netns"]["kind"] == "pod"

@@ -13,7 +13,7 @@ import shutil
 import pytest
 
 from conftest import BIN, REPO, SYSTEM_PATH, shim_env
-from rootfs import ADDR4, MARK, WRITE4, WRITE6, assert_only_in, landed, make_image  # noqa: F401
+from rootfs import WRITE4, WRITE6, assert_only_in, landed, make_image  # noqa: F401  (make_image: fixture)
 
 # (case, image backends, image alias, set-up with the real variant binaries, expected backend)
 CONTAINER_CASES = [
