@@ -48,7 +48,7 @@ def shim_syscalls(netns, env, source, trace):
     proc, _ = call(netns, ["/usr/bin/strace", "-f", "-qq", "-e", "trace=" + PROBE_SYSCALLS, "-o", str(trace),
                            "iptables", "-A", "INPUT", "-s", source, "-j", "ACCEPT"], env)
     assert proc.returncode == 0 and proc.stderr == b"", proc.stderr
-    calls = [line.split(" ", 1)[1] for line in trace.read_text().splitlines()]
+    calls = [line.split(None, 1)[1] for line in trace.read_text().splitlines() if line.strip()]
     execs = [i for i, c in enumerate(calls) if c.startswith("execve(")]
     assert len(execs) >= 2 and calls[execs[-1]].startswith('execve("/usr/sbin/iptables-legacy"'), calls
     return calls[execs[0] + 1:execs[-1]]
