@@ -47,7 +47,8 @@ def run_tool(name, argv, env, shim_path):
     caller = env.get(REENTRY_MARKER)
     if caller:
         raise ShimError(
-            "%s is a second copy of the shim, run by the shim at %s: keep one shim directory on PATH"
+            "%s was started again by the shim at %s, through a copy of the shim or an iptables alias "
+            "that calls iptables via PATH: keep one shim directory on PATH, and real binaries after it"
             % (shim_path, caller)
         )
     own = identity(shim_path)
