@@ -24,8 +24,20 @@ def identity(path):
 def search_dirs(path_env):
     """The PATH entries searched. Relative and empty ones (the working directory) are skipped:
     the shim runs as root, and a command resolved from wherever the caller happens to stand is a
-    classic way to run a planted binary."""
-    return [d for d in (path_env or "").split(os.pathsep) if d.startswith("/")]
+    classic way to run a planted binary. So are world-writable directories (even sticky ones such
+    as /tmp), where any local user could have planted one. Missing and unreadable entries stay:
+    nothing is found in them, as execvp finds nothing there."""
+    dirs = []
+    for d in (path_env or "").split(os.pathsep):
+        if not d.startswith("/"):
+            continue
+        try:
+            if os.stat(d).st_mode & stat.S_IWOTH:
+                continue
+        except OSError:
+            pass
+        dirs.append(d)
+    return dirs
 
 
 SHIM_MARK = b"from shim.main import main"  # the entry script's own line: found in a copy of it too
@@ -58,6 +70,8 @@ def find_on_path(names, path_env, shim_ids):
                 continue
             if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) in shim_ids or is_shim_copy(path, st):
                 continue
+            if st.st_mode & stat.S_IWOTH:
+                continue  # a binary anyone may rewrite is not one root should run
             if os.access(path, os.X_OK):
                 found[name] = path
         if len(found) == len(wanted):
