@@ -1,0 +1,252 @@
+"""Issue 3: the kernel probes. They see both backends whatever binaries an image has (so the shim
+refuses instead of writing where the host does not read), their cost does not grow with the
+ruleset, they change nothing, they see what iptables-nft-save hides, and where the kernel refuses
+them the `*-save` probe answers and `explain` says so.
+
+The container here is tests/rootfs.py's Image: a root filesystem with only the binaries we give it,
+entered with its own mount and PID namespaces and chroot, in the test's netns.
+"""
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from conftest import BIN, REPO, shim_env
+from rootfs import ADDR4, MARK, WRITE4, WRITE6, landed, make_image  # noqa: F401
+
+NFT_RULE = "iptables-nft -A FORWARD -s 192.0.2.1 -j DROP"
+LEGACY_RULE = "iptables-legacy -A FORWARD -s 192.0.2.1 -j DROP"
+RESTORE4 = ("*filter\n-A INPUT -s %s -m comment --comment %s -j ACCEPT\nCOMMIT\n" % (ADDR4, MARK)).encode()
+
+
+def in_netns(netns, code):
+    """Run Python code with the shim importable inside the netns; its stdout parsed as JSON."""
+    prelude = "import json, sys\nsys.path.insert(0, %r)\n" % REPO
+    r = netns.run(["/usr/bin/python3", "-I", "-S", "-c", prelude + code])
+    assert r.returncode == 0, r.stderr.decode()
+    return json.loads(r.stdout.decode())
+
+
+PROBES = ("from shim.facts import nft_kernel, legacy_kernel\n"
+          "print(json.dumps({'nft': nft_kernel.probe(), 'legacy': legacy_kernel.probe()}))\n")
+
+
+# --- refusal: the rules are in a backend this image has no binary for ---
+
+REFUSALS = [
+    # (case, image backends, set-up with the host's real binaries, the backend that holds them)
+    ("nft rules, image with legacy binaries only", ("legacy",), NFT_RULE, "nft"),
+    ("IPv6 nft rules only, image with legacy binaries only", ("legacy",),
+     "ip6tables-nft -A INPUT -s 2001:db8::1 -j DROP", "nft"),
+    ("nft hint chain only, image with legacy binaries only", ("legacy",),
+     "iptables-nft -t mangle -N KUBE-IPTABLES-HINT", "nft"),
+    ("legacy rules, image with nft binaries only", ("nft",), LEGACY_RULE, "legacy"),
+    ("legacy hint chain only, image with nft binaries only", ("nft",),
+     "ip6tables-legacy -t mangle -N KUBE-KUBELET-CANARY", "legacy"),
+]
+CALLS = [("iptables -A", WRITE4, None), ("ip6tables -A", WRITE6, None),
+         ("iptables-restore --noflush", ["iptables-restore", "--noflush"], RESTORE4)]
+
+
+@pytest.mark.parametrize("call,argv,stdin", CALLS, ids=[c[0] for c in CALLS])
+@pytest.mark.parametrize("case,backends,setup,holder", REFUSALS, ids=[r[0] for r in REFUSALS])
+def test_rules_in_a_backend_the_image_cannot_run_are_refused(netns, make_image, case, backends, setup, holder,
+                                                             call, argv, stdin):
+    """The image's own alias and binaries are the other backend's, and the image has no
+    `*-save` of the backend holding the rules (a save probe would find nothing and write into the
+    other backend: Istio #49279). The kernel probe sees the rules; the shim refuses with one
+    `iptables-shim:` line, exit 127, and nothing is written into either backend."""
+    image = make_image(backends, backends[0])
+    assert not any(n.startswith(("iptables-" + holder, "ip6tables-" + holder)) for n in image.sbin())
+    netns.ok(setup)
+    before = netns.snapshot()
+    r = image.run(argv, netns=netns, input=stdin)
+    err = r.stderr.decode()
+    assert r.returncode == 127, (r.returncode, err)
+    assert r.stdout == b""
+    assert len(err.splitlines()) == 1 and err.startswith("iptables-shim: chose %s" % holder), err
+    assert "%s-%s" % (argv[0].split("-")[0], holder) in err and "not on PATH" in err, err
+    assert netns.snapshot() == before  # no legacy table created, nft ruleset unchanged
+    assert landed(netns) == {"nft": [], "legacy": []}
+    # explain, inside the same image, says where the facts came from: the kernel, not a binary.
+    report = image.explain(netns=netns)
+    state = report["backends"][holder]
+    assert state["source"].startswith("kernel") and (state["rules"] or state["hint"]), state
+    assert report["decision"]["backend"] == holder and report["runs"].startswith("error: "), report
+
+
+def test_same_image_writes_where_the_rules_are_when_it_can(netns, make_image):
+    """Control for the refusals: an image with both backends follows the nft rules (no refusal)."""
+    image = make_image(("nft", "legacy"), "legacy")
+    netns.ok(NFT_RULE)
+    r = image.run(WRITE4, netns=netns)
+    assert r.returncode == 0, r.stderr
+    assert [len(v) for v in (landed(netns)["nft"], landed(netns)["legacy"])] == [1, 0]
+
+
+# --- what iptables-nft-save hides, the kernel probe sees ---
+
+def test_rule_in_an_incompatible_base_chain_of_an_xtables_table_counts(netns):
+    """A native base chain named `bar` in `table ip mangle` holding a rule: iptables-nft-save 1.8.9
+    prints the table without it ("contains incompatible base-chains"), so the save reference says
+    no rules; the rule is in an xtables-named table of family ip all the same (SPEC: it counts)."""
+    netns.ok("nft add table ip mangle; nft 'add chain ip mangle bar { type filter hook prerouting priority -150; }';"
+             " nft add rule ip mangle bar ip saddr 192.0.2.9 counter drop")
+    save = netns.save("nft")
+    assert "incompatible" in save and "-A " not in save, save
+    assert in_netns(netns, PROBES) == {"nft": [True, False], "legacy": [False, False]}
+
+
+def test_rule_iptables_nft_save_cannot_translate_counts(netns):
+    """`meta mark set` in `table ip6 nat`: ip6tables-nft-save fails (the save probe leaves the fact
+    open: None); the kernel probe answers."""
+    netns.ok("nft add table ip6 nat; nft add chain ip6 nat foo; nft add rule ip6 nat foo meta mark set 3 counter")
+    assert netns.run(["ip6tables-nft-save"]).returncode != 0
+    reference = in_netns(netns, "from shim.facts import rules\n"
+                                "s = rules.save_probe('nft', {'iptables': '/usr/sbin/iptables-nft-save', "
+                                "'ip6tables': '/usr/sbin/ip6tables-nft-save'})\nprint(json.dumps(s.as_dict()))\n")
+    assert reference["rules"] is None and "unread" in reference["source"], reference
+    assert in_netns(netns, PROBES)["nft"] == [True, False]
+
+
+@pytest.mark.parametrize("setup", [
+    "nft add table inet firewalld; nft add chain inet firewalld c; nft add rule inet firewalld c counter accept",
+    "nft add table ip kube-proxy; nft add chain ip kube-proxy c; nft add rule ip kube-proxy c counter accept",
+    "nft add table arp filter; nft add chain arp filter c; nft add rule arp filter c counter",
+    "nft add table inet mangle; nft add chain inet mangle KUBE-IPTABLES-HINT",
+    "nft add table ip filter; nft add chain ip filter KUBE-IPTABLES-HINT",
+], ids=["inet firewalld", "ip kube-proxy", "arp filter", "inet mangle hint", "hint outside mangle"])
+def test_native_nft_tables_are_not_iptables_rules(netns, setup):
+    netns.ok(setup)
+    assert in_netns(netns, PROBES) == {"nft": [False, False], "legacy": [False, False]}
+
+
+# --- cost: the same system calls and a bounded amount read, at 1 rule and at 10,000 ---
+
+def probe_syscalls(netns, tmp_path, label):
+    trace = tmp_path / ("trace-" + label)
+    r = netns.run(["/usr/bin/strace", "-f", "-qq", "-e", "trace=socket,sendto,recvfrom,getsockopt",
+                   "-o", str(trace), "/usr/bin/python3", "-I", "-S", "-c",
+                   "import sys; sys.path.insert(0, %r)\nfrom shim.facts import nft_kernel, legacy_kernel\n"
+                   "print(nft_kernel.probe(), legacy_kernel.probe())" % REPO])
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout.decode().strip() == "(True, False) (True, False)"
+    calls, received = [], 0
+    for line in trace.read_text().splitlines():
+        call = line.split(None, 1)[1]
+        if call.startswith(("socket(AF_UNIX", "socket(AF_INET6, SOCK_DGRAM")):
+            continue  # the interpreter's own, if any
+        name = call.split("(", 1)[0]
+        if name == "getsockopt":
+            name += ":" + call.split(", ")[2]  # IPT_SO_GET_INFO / IPT_SO_GET_ENTRIES
+        calls.append(name)
+        if name == "recvfrom":
+            received += int(call.rsplit("= ", 1)[1])
+    return calls, received
+
+
+def test_probe_cost_does_not_grow_with_the_ruleset(netns, tmp_path):
+    netns.ok("iptables-nft -A INPUT -j ACCEPT; iptables-legacy -A INPUT -j ACCEPT")
+    small, small_bytes = probe_syscalls(netns, tmp_path, "1")
+    lines = "".join("-A INPUT -s 10.%d.%d.%d -j ACCEPT\n" % (i >> 16, (i >> 8) & 255, i & 255) for i in range(10000))
+    for backend in ("nft", "legacy"):
+        r = netns.run(["iptables-%s-restore" % backend, "--noflush"], input=("*filter\n%sCOMMIT\n" % lines).encode())
+        assert r.returncode == 0, r.stderr
+    large, large_bytes = probe_syscalls(netns, tmp_path, "10k")
+    assert large == small, (small, large)
+    assert "getsockopt:IPT_SO_GET_ENTRIES" not in large  # built-in chain rules show in GET_INFO
+    assert small_bytes <= large_bytes <= 65536, (small_bytes, large_bytes)
+
+
+def test_no_legacy_table_means_no_socket_at_all(netns, tmp_path):
+    trace = tmp_path / "trace"
+    r = netns.run(["/usr/bin/strace", "-f", "-qq", "-e", "trace=socket,getsockopt", "-o", str(trace),
+                   "/usr/bin/python3", "-I", "-S", "-c",
+                   "import sys; sys.path.insert(0, %r)\nfrom shim.facts import legacy_kernel\n"
+                   "print(legacy_kernel.probe())" % REPO])
+    assert r.stdout.decode().strip() == "(False, False)", r.stderr
+    assert "SOCK_RAW" not in trace.read_text() and "getsockopt" not in trace.read_text()
+
+
+# --- nf_tables not loaded: not asked (asking would load the module) ---
+
+def fake_roots(tmp_path, loaded=None, builtin=None):
+    proc, sysfs, libmod = tmp_path / "proc", tmp_path / "sys", tmp_path / "lib-modules"
+    for d in (proc, sysfs / "module", libmod / os.uname().release):
+        d.mkdir(parents=True)
+    if loaded is not None:
+        (proc / "modules").write_text("".join("%s 1 0 - Live 0x0\n" % m for m in loaded))
+    if builtin is not None:
+        (libmod / os.uname().release / "modules.builtin").write_text(
+            "".join("kernel/net/netfilter/%s.ko\n" % m for m in builtin))
+    return str(proc), str(sysfs), str(libmod)
+
+
+@pytest.mark.parametrize("loaded,builtin,expected", [
+    (["nf_tables", "nfnetlink"], None, True),  # a loaded module
+    (["nfnetlink"], ["nf_tables"], True),  # built in, no /sys/module entry
+    (["nfnetlink"], ["x_tables"], False),  # a module, not loaded: no nft rule can exist
+    (["nfnetlink"], None, None),  # cannot tell
+    (None, None, True),  # no /proc/modules: a kernel without modules, nothing can be loaded
+], ids=["loaded", "built in", "not loaded", "unknown", "no module support"])
+def test_nf_tables_presence(tmp_path, loaded, builtin, expected):
+    from shim.facts import nft_kernel
+
+    assert nft_kernel.nf_tables_present(*fake_roots(tmp_path, loaded, builtin)) is expected
+
+
+def test_nf_tables_not_loaded_is_answered_without_asking_and_unknown_falls_back(netns, tmp_path):
+    netns.ok(NFT_RULE)
+    proc, sysfs, libmod = fake_roots(tmp_path, ["nfnetlink"], ["x_tables"])
+    code = ("from shim.facts import nft_kernel, rules\nfrom shim.facts.xtables import Unavailable\n"
+            "out = [nft_kernel.probe(%r, %r, %r)]\n" % (proc, sysfs, libmod))
+    unknown = fake_roots(tmp_path / "unknown", ["nfnetlink"], None)
+    code += ("try:\n    nft_kernel.probe(%r, %r, %r)\nexcept Unavailable as e:\n    out.append(str(e))\n" % unknown)
+    code += "print(json.dumps(out))\n"
+    # The fake roots say "a module, not loaded": the probe trusts them and opens no socket.
+    assert in_netns(netns, code) == [[False, False], "cannot tell whether nf_tables is loaded; asking could load it"]
+
+
+# --- refused kernel probes: the save probe answers, explain says so ---
+
+def test_refused_kernel_probe_falls_back_to_save_probe(netns):
+    netns.ok(NFT_RULE + "; " + LEGACY_RULE + "; iptables-legacy -t mangle -N KUBE-IPTABLES-HINT")
+    code = (
+        "from shim.facts import rules\nfrom shim.facts.xtables import Unavailable\n"
+        "def refused(proc):\n    raise Unavailable('netlink socket refused: Operation not permitted')\n"
+        "out = {}\n"
+        "for b in ('nft', 'legacy'):\n"
+        "    paths = {f: '/usr/sbin/%s-%s-save' % (f, b) for f in ('iptables', 'ip6tables')}\n"
+        "    out[b] = rules.backend_state(b, paths, kernel_probe=(refused, 'kernel')).as_dict()\n"
+        "    out[b + '-kernel'] = rules.backend_state(b, paths).as_dict()\n"
+        "print(json.dumps(out))\n")
+    out = in_netns(netns, code)
+    fallback = "save; kernel probe unavailable: netlink socket refused: Operation not permitted"
+    assert out["nft"] == {"rules": True, "hint": False, "source": fallback}
+    assert out["legacy"] == {"rules": True, "hint": True, "source": fallback}
+    assert out["nft-kernel"] == {"rules": True, "hint": False, "source": "kernel (nf_tables netlink)"}
+    assert out["legacy-kernel"] == {"rules": True, "hint": True, "source": "kernel (x_tables sockopts)"}
+
+
+def test_explain_names_the_probe_that_answered(netns, cache_dir):
+    """With CAP_NET_ADMIN and CAP_NET_RAW dropped, the kernel refuses netlink and the raw socket:
+    explain shows the fallback and why (here the save binaries are refused too, so the facts stay
+    open); with them, it shows the kernel probes."""
+    netns.ok(NFT_RULE + "; " + LEGACY_RULE)
+    explain = [os.path.join(BIN, "iptables-shim"), "explain", "--json"]
+    r = netns.run(explain, env=shim_env(cache_dir))
+    assert r.returncode == 0, r.stderr
+    full = json.loads(r.stdout.decode())["backends"]
+    assert full["nft"]["source"] == "kernel (nf_tables netlink)" and full["nft"]["rules"] is True
+    assert full["legacy"]["source"] == "kernel (x_tables sockopts)" and full["legacy"]["rules"] is True
+    drop = ["setpriv", "--inh-caps=-net_admin,-net_raw", "--bounding-set=-net_admin,-net_raw", "--"]
+    r = netns.run(drop + explain, env=shim_env(cache_dir))
+    assert r.returncode == 0, r.stderr
+    reduced = json.loads(r.stdout.decode())["backends"]
+    assert reduced["nft"]["source"].startswith("save (unread: iptables-nft-save, ip6tables-nft-save); "
+                                               "kernel probe unavailable: nf_tables refused"), reduced
+    assert reduced["legacy"]["source"].startswith("save (unread: iptables-legacy-save); "
+                                                  "kernel probe unavailable: raw socket refused"), reduced
+    assert reduced["nft"]["rules"] is None and reduced["legacy"]["rules"] is None
