@@ -121,6 +121,7 @@ main() {
         portable) portable_build "$root" "$out" "$onefile" ;;
     esac
     add_links "$out/iptables-shim"
+    [ -z "$onefile" ] || add_links "$out/onefile"
     say "built $out/iptables-shim ($mode, $((SECONDS - t0)) s); glibc needed: $(
         objdump -T "$out"/iptables-shim/_internal/libpython3*.so* 2>/dev/null | grep -o 'GLIBC_[0-9.]*' | sort -V | tail -1 || echo '?')"
 }

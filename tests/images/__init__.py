@@ -1,0 +1,218 @@
+"""Real container images for the frozen shim: debootstrap trees, podman/buildah, one place for flags.
+
+No registry is reachable, so every image starts as a local `debootstrap --variant=minbase` tree
+(Debian's mirror is reachable) imported with `tar -C TREE -c . | podman import - NAME`; test
+variants are layered with buildah from tests/images/alias.Containerfile and packaging/Containerfile.
+
+Everything is cached between local runs in $IPTABLES_SHIM_TEST_CACHE (default
+/var/cache/iptables-shim-tests): trees (stamp files), the frozen build (keyed on a hash of shim/ and
+packaging/), images (tagged with a hash of what they were made from). With
+IPTABLES_SHIM_TEST_FRESH=1 (what .ci/run sets) a new empty cache is used and removed afterwards, so
+CI builds everything from scratch. Every step and its duration goes to logs/images.log in the cache.
+"""
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_CACHE = "/var/cache/iptables-shim-tests"
+MIRROR = os.environ.get("IPTABLES_SHIM_MIRROR", "http://deb.debian.org/debian")
+IMAGE_PACKAGES = "iptables"  # and nothing else: no Python in any test image
+CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+NAMES = ["iptables", "iptables-save", "iptables-restore", "ip6tables", "ip6tables-save", "ip6tables-restore"]
+
+
+def _hash(*parts):
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p if isinstance(p, bytes) else str(p).encode())
+        h.update(b"\0")
+    return h.hexdigest()[:12]
+
+
+def source_key():
+    """Hash of everything the frozen build is made from."""
+    parts = []
+    for top in ("shim", "packaging"):
+        for d, dirs, files in os.walk(os.path.join(REPO, top)):
+            dirs[:] = sorted(x for x in dirs if x != "__pycache__")
+            for f in sorted(files):
+                if f.endswith(".pyc"):
+                    continue
+                p = os.path.join(d, f)
+                with open(p, "rb") as fh:
+                    parts += [os.path.relpath(p, REPO), fh.read()]
+    return _hash(*parts)
+
+
+class Workspace(object):
+    def __init__(self, root, fresh):
+        self.root = root
+        self.fresh = fresh
+        self.trees = os.path.join(root, "trees")
+        self.logfile = os.path.join(root, "logs", "images.log")
+        self.storage = os.path.join(root, "containers", "storage")
+        # Run-time state of podman belongs on tmpfs (stale after a reboot, like /run itself).
+        self.runroot = "/run/iptables-shim-tests/" + _hash(root)
+        self.conf = os.path.join(root, "containers", "containers.conf")
+        for d in (self.trees, os.path.dirname(self.logfile), os.path.dirname(self.conf), self.runroot):
+            os.makedirs(d, exist_ok=True)
+        # This machine may not raise rlimits: podman must not try to set any.
+        with open(self.conf, "w") as f:
+            f.write("[containers]\ndefault_ulimits = []\n")
+        self.log("workspace %s (fresh=%s)" % (root, fresh))
+
+    @classmethod
+    def open(cls):
+        fresh = os.environ.get("IPTABLES_SHIM_TEST_FRESH") == "1"
+        if fresh:
+            root = tempfile.mkdtemp(prefix="iptables-shim-tests-", dir="/var/tmp")
+        else:
+            root = os.environ.get("IPTABLES_SHIM_TEST_CACHE", DEFAULT_CACHE)
+        return cls(root, fresh)
+
+    def close(self):
+        if self.fresh:
+            shutil.rmtree(self.root, ignore_errors=True)
+            shutil.rmtree(self.runroot, ignore_errors=True)
+
+    # -- logging and running -------------------------------------------------------------------
+    def log(self, msg):
+        line = "%s %s" % (time.strftime("%H:%M:%S"), msg)
+        with open(self.logfile, "a") as f:
+            f.write(line + "\n")
+        sys.stderr.write("[images] " + line + "\n")
+
+    def run(self, cmd, what=None, check=True, timeout=1200, **kw):
+        t0 = time.monotonic()
+        kw.setdefault("stdout", subprocess.PIPE)
+        kw.setdefault("stderr", subprocess.PIPE)
+        r = subprocess.run(cmd, timeout=timeout, **kw)
+        self.log("%-58s rc=%d %6.2f s" % ((what or " ".join(cmd))[:58], r.returncode, time.monotonic() - t0))
+        if check and r.returncode != 0:
+            raise AssertionError("%s failed (%d):\n%s\n%s" % (
+                what or cmd, r.returncode, (r.stdout or b"")[-3000:].decode("utf-8", "replace"),
+                (r.stderr or b"")[-3000:].decode("utf-8", "replace")))
+        return r
+
+    # -- debootstrap trees -----------------------------------------------------------------------
+    def tree_path(self, suite):
+        return os.path.join(self.trees, suite + "-iptables")
+
+    def start_tree(self, suite):
+        """Start debootstrap for a minbase tree with iptables (no Python); None if cached."""
+        path = self.tree_path(suite)
+        if os.path.exists(path + ".done"):
+            return None
+        shutil.rmtree(path, ignore_errors=True)
+        debs = os.path.join(self.root, "debs", suite)
+        os.makedirs(debs, exist_ok=True)
+        cmd = ["debootstrap", "--variant=minbase", "--cache-dir=" + debs, "--include=" + IMAGE_PACKAGES,
+               suite, path, MIRROR]
+        self.log("start: " + " ".join(cmd))
+        log = open(os.path.join(self.root, "logs", "debootstrap-%s.log" % suite), "w")
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        proc.t0, proc.suite, proc.logf = time.monotonic(), suite, log
+        return proc
+
+    def finish_tree(self, proc):
+        if proc is None:
+            return
+        rc = proc.wait(timeout=1800)
+        proc.logf.close()
+        self.log("debootstrap %-46s rc=%d %6.2f s" % (proc.suite, rc, time.monotonic() - proc.t0))
+        if rc != 0:
+            raise AssertionError("debootstrap %s failed: see %s" % (proc.suite, proc.logf.name))
+        with open(self.tree_path(proc.suite) + ".done", "w") as f:
+            f.write("%s %s %s\n" % (proc.suite, IMAGE_PACKAGES, time.time()))
+
+    # -- the frozen build ------------------------------------------------------------------------
+    def frozen(self):
+        """dist/ with iptables-shim/ (onedir) and onefile/, built by packaging/build.sh in a
+        bullseye tree of its own; rebuilt when shim/ or packaging/ changed."""
+        key = source_key()
+        out = os.path.join(self.root, "dist")
+        stamp = os.path.join(out, ".source-key")
+        current = open(stamp).read() if os.path.exists(stamp) else ""
+        if current == key and os.path.isdir(os.path.join(out, "iptables-shim")):
+            self.log("frozen build cached (%s)" % key)
+            return out, key
+        env = dict(os.environ, IPTABLES_SHIM_BUILD_ROOT=os.path.join(self.trees, "bullseye-build"))
+        self.run([os.path.join(REPO, "packaging", "build.sh"), "--out", out, "--onefile"],
+                 what="packaging/build.sh (portable, onedir + onefile)", env=env)
+        with open(stamp, "w") as f:
+            f.write(key)
+        return out, key
+
+    # -- podman and buildah: every flag this machine needs, in one place ------------------------
+    def _engine(self, tool, args, what=None, check=True, **kw):
+        cmd = [tool, "--root", self.storage, "--runroot", self.runroot, "--storage-driver", "vfs"]
+        if tool == "podman":
+            # crun rejects this machine's hybrid cgroups; no systemd to manage cgroups.
+            cmd += ["--runtime", "runc", "--cgroup-manager", "cgroupfs"]
+        env = dict(os.environ, CONTAINERS_CONF=self.conf)
+        env.update(kw.pop("env", {}))
+        return self.run(cmd + list(args), what=what or "%s %s" % (tool, " ".join(args)), check=check,
+                        env=env, **kw)
+
+    def podman(self, args, **kw):
+        return self._engine("podman", args, **kw)
+
+    def buildah(self, args, **kw):
+        return self._engine("buildah", args, **kw)
+
+    def image_exists(self, name):
+        return self.podman(["image", "exists", name], check=False, what="image exists " + name).returncode == 0
+
+    def base_image(self, suite):
+        """The debootstrap tree as an image: `tar -C TREE -c . | podman import - NAME`."""
+        with open(self.tree_path(suite) + ".done") as f:
+            name = "localhost/shimtest/%s-base:%s" % (suite, _hash(f.read()))
+        if not self.image_exists(name):
+            tar = subprocess.Popen(["tar", "-C", self.tree_path(suite), "-c", "."], stdout=subprocess.PIPE)
+            self.podman(["import", "-", name], stdin=tar.stdout, what="tar | podman import %s" % suite)
+            tar.stdout.close()
+            assert tar.wait() == 0
+        return name
+
+    def alias_image(self, suite, alias):
+        base = self.base_image(suite)
+        name = "localhost/shimtest/%s-%s:%s" % (suite, alias, _hash(base, open(os.path.join(HERE, "alias.Containerfile")).read()))
+        if not self.image_exists(name):
+            ctx = tempfile.mkdtemp(prefix="shimtest-ctx-")
+            try:
+                self.buildah(["bud", "--isolation", "chroot", "-f", os.path.join(HERE, "alias.Containerfile"),
+                              "--build-arg", "BASE=" + base, "--build-arg", "ALIAS=" + alias, "-t", name, ctx],
+                             what="buildah bud %s alias %s" % (suite, alias))
+            finally:
+                os.rmdir(ctx)
+        return name
+
+    def shim_image(self, suite, alias, dist, key):
+        """packaging/Containerfile on top of the alias image, with the frozen tree from dist/."""
+        base = self.alias_image(suite, alias)
+        name = "localhost/shimtest/%s-%s-shim:%s" % (suite, alias, _hash(base, key))
+        if not self.image_exists(name):
+            self.buildah(["bud", "--isolation", "chroot", "-f", os.path.join(REPO, "packaging", "Containerfile"),
+                          "--build-arg", "BASE=" + base, "-t", name, dist],
+                         what="buildah bud packaging/Containerfile %s-%s" % (suite, alias))
+        return name
+
+    def run_in(self, image, script, network="none", read_only=None, env=None, volumes=(), check=False):
+        """`sh -c script` in a fresh container of image; read_only: None, "tmpfs" (podman's
+        --read-only, with tmpfs on /run, /tmp, /var/tmp) or "all" (nothing writable at all)."""
+        args = ["run", "--rm", "--network", network, "--cap-add", "NET_ADMIN,NET_RAW"]
+        if read_only:
+            args += ["--read-only", "--read-only-tmpfs=%s" % ("true" if read_only == "tmpfs" else "false")]
+        for k, v in sorted((env or {}).items()):
+            args += ["-e", "%s=%s" % (k, v)]
+        for v in volumes:
+            args += ["-v", v]
+        return self.podman(args + [image, "/bin/sh", "-c", script], check=check,
+                           what="run %s: %s" % (image.split("/")[-1].split(":")[0], script[:30]))

@@ -1,0 +1,217 @@
+"""Issue 4: the frozen shim in container images, under a real OCI runtime (podman + runc).
+
+Images are built here from scratch (debootstrap minbase trees, no Python in them) and layered with
+packaging/Containerfile over the frozen tree that packaging/build.sh makes inside a bullseye tree.
+Rules are read back from the kernel with the real save binaries: from the host with nsenter for a
+named netns, inside the container for `--network none`. Slow (minutes on a fresh cache): mark
+`images`; run with `/usr/bin/python3 -m pytest -q -m images tests/test_images.py`. Figures and
+timings go to logs/images.log in the cache directory (see tests/images/__init__.py).
+"""
+
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import REPO, SYSTEM_PATH
+from images import Workspace
+
+pytestmark = [
+    pytest.mark.images,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root: debootstrap, podman/runc containers, netns"),
+]
+
+DEBUG = {"IPTABLES_SHIM_DEBUG": "1"}
+
+
+class Built(object):
+    def __init__(self, ws, dist, images):
+        self.ws, self.dist, self.images = ws, dist, images
+
+    def run(self, suite, script, **kw):
+        r = self.ws.run_in(self.images[suite], script, **kw)
+        return r.returncode, r.stdout.decode("utf-8", "replace"), r.stderr.decode("utf-8", "replace")
+
+
+@pytest.fixture(scope="session")
+def built():
+    ws = Workspace.open()
+    try:
+        # The two image trees download while the frozen build (with its own bullseye tree) runs.
+        procs = [ws.start_tree(s) for s in ("bookworm", "bullseye")]
+        try:
+            dist, key = ws.frozen()
+        finally:
+            for p in procs:
+                ws.finish_tree(p)
+        images = {s: ws.shim_image(s, "legacy", dist, key) for s in ("bookworm", "bullseye")}
+        yield Built(ws, dist, images)
+    finally:
+        ws.close()
+
+
+def section(text, marker):
+    """Lines after `--- marker` up to the next `--- ` line."""
+    lines = text.splitlines()
+    start = lines.index("--- " + marker) + 1
+    end = next((i for i in range(start, len(lines)) if lines[i].startswith("--- ")), len(lines))
+    return lines[start:end]
+
+
+def rules_in(lines):
+    return [l for l in lines if l.startswith("-A ")]
+
+
+# -- the frozen tree itself -----------------------------------------------------------------------
+
+def test_frozen_tree_is_one_directory_with_the_six_names(built):
+    tree = os.path.join(built.dist, "iptables-shim")
+    for name in ["iptables", "iptables-save", "iptables-restore", "ip6tables", "ip6tables-save",
+                 "ip6tables-restore"]:
+        assert os.readlink(os.path.join(tree, name)) == "iptables-shim", name
+    assert os.path.isfile(os.path.join(tree, "iptables-shim"))
+    # Portable: the bundle needs no glibc newer than bullseye's 2.31.
+    needed = subprocess.run("objdump -T %s/iptables-shim %s/_internal/*.so* | grep -o 'GLIBC_[0-9.]*' "
+                            "| sort -uV | tail -1" % (tree, tree), shell=True, stdout=subprocess.PIPE)
+    version = needed.stdout.decode().strip()
+    built.ws.log("frozen tree needs %s" % version)
+    assert version and tuple(int(x) for x in version[6:].split(".")) <= (2, 31), version
+
+
+def test_frozen_shim_hands_the_callers_environment_and_argv_to_the_real_binary(built, tmp_path):
+    """The bootloader's LD_LIBRARY_PATH and _PYI_* must not reach what the shim runs."""
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "iptables-nft").write_text('#!/bin/sh\necho "argv0=$0"; for a in "$@"; do echo "arg=$a"; done; /usr/bin/env\n')
+    (fake / "iptables-nft").chmod(0o755)
+    tree = os.path.join(built.dist, "iptables-shim")
+    env = {"PATH": "%s:%s" % (tree, fake), "IPTABLES_SHIM_MODE": "nft", "LC_ALL": "C"}
+    r = subprocess.run([os.path.join(tree, "iptables"), "-A", "IN PUT", "--ünï"], env=env,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
+    out = r.stdout.decode()
+    assert r.returncode == 0, r.stderr
+    assert out.splitlines()[:3] == ["argv0=%s" % (fake / "iptables-nft"), "arg=-A", "arg=IN PUT"]
+    assert "arg=--ünï" in out
+    assert "LD_LIBRARY_PATH" not in out and "_PYI_" not in out and "_MEI" not in out
+    env["LD_LIBRARY_PATH"] = "/callers/own"
+    r = subprocess.run([os.path.join(tree, "iptables")], env=env, stdout=subprocess.PIPE, timeout=30)
+    assert "LD_LIBRARY_PATH=/callers/own" in r.stdout.decode().splitlines()
+
+
+def test_frozen_copy_on_path_stops_instead_of_looping(built, tmp_path):
+    """Two copies of the frozen tree on PATH, nothing real behind them: one error line, fast."""
+    tree = os.path.join(built.dist, "iptables-shim")
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    shutil.copytree(tree, a, symlinks=True)
+    shutil.copytree(tree, b, symlinks=True)
+    env = {"PATH": "%s:%s" % (a, b), "IPTABLES_SHIM_CONTEXT": "container", "IPTABLES_SHIM_CACHE": "off"}
+    r = subprocess.run(["/usr/bin/unshare", "-n", os.path.join(a, "iptables"), "-S"], env=env,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=10)
+    err = r.stderr.decode()
+    assert r.returncode == 127 and r.stdout == b""
+    assert len(err.splitlines()) == 1 and err.startswith("iptables-shim: "), err
+
+
+def test_frozen_start_up_is_within_twice_the_source_shim(built):
+    """A cached call of the frozen shim costs at most 2x a cached call of the source shim."""
+    r = built.ws.run(["/usr/bin/python3", os.path.join(REPO, "bench", "frozen.py"), "--frozen",
+                      os.path.join(built.dist, "iptables-shim"), "--onefile",
+                      os.path.join(built.dist, "onefile", "iptables-shim"), "-n", "60", "--json"],
+                     what="bench/frozen.py -n 60")
+    results = json.loads(r.stdout.decode())
+    for label, figures in sorted(results.items()):
+        built.ws.log("bench %-28s %s" % (label, figures))
+    assert results["frozen shim iptables -V"]["ratio_to_source"] <= 2.0, results
+
+
+# -- in images ------------------------------------------------------------------------------------
+
+def test_image_without_python_runs_the_frozen_shim(built):
+    rc, out, err = built.run("bookworm", (
+        "for p in python3 python3.11 python3.9 python; do command -v $p && exit 9; done; "
+        "ls -d /usr/bin/python* /usr/lib/python3* 2>/dev/null && exit 8; "
+        "command -v iptables; readlink /usr/local/sbin/iptables; iptables -V; iptables-shim explain"),
+        env=DEBUG)
+    assert rc == 0, (out, err)
+    lines = out.splitlines()
+    assert lines[:3] == ["/usr/local/sbin/iptables", "/opt/iptables-shim/iptables-shim",
+                         "iptables v1.8.9 (legacy)"], out
+    assert "iptables-shim: iptables -> /usr/sbin/iptables-legacy: legacy" in err
+    assert any(l.startswith("decision:      legacy (step 6") for l in lines), out
+
+
+def test_init_container_in_an_empty_netns_gets_the_images_legacy(built):
+    rc, out, err = built.run("bookworm", (
+        "readlink -f /usr/sbin/iptables; iptables -A INPUT -s 192.0.2.1 -j DROP || exit 3; "
+        "echo '--- legacy'; iptables-legacy-save; echo '--- nft'; iptables-nft-save"),
+        network="none", env=DEBUG)
+    assert rc == 0, (out, err)
+    assert out.splitlines()[0] == "/usr/sbin/xtables-legacy-multi"
+    assert rules_in(section(out, "legacy")) == ["-A INPUT -s 192.0.2.1/32 -j DROP"]
+    assert rules_in(section(out, "nft")) == []
+    assert "-> /usr/sbin/iptables-legacy: legacy (step 6" in err, err
+
+
+def test_node_agent_joining_a_netns_with_nft_rules_writes_to_nft(built, netns):
+    netns.ok("iptables-nft -A INPUT -s 192.0.2.20 -j ACCEPT")
+    rc, out, err = built.run("bookworm", (
+        "readlink -f /usr/sbin/iptables; iptables -A INPUT -s 192.0.2.21 -j DROP"),
+        network="ns:" + netns.path, env=DEBUG)
+    assert rc == 0, (out, err)
+    assert out.strip() == "/usr/sbin/xtables-legacy-multi"  # the image aliases legacy
+    assert netns.rules("nft") == ["-A INPUT -s 192.0.2.20/32 -j ACCEPT", "-A INPUT -s 192.0.2.21/32 -j DROP"]
+    assert netns.rules("legacy") == []
+    assert netns.ok("cat /proc/net/ip_tables_names /proc/net/ip6_tables_names 2>/dev/null || true") == ""
+    assert "-> /usr/sbin/iptables-nft: nft (step 4" in err, err
+
+
+def test_older_iptables_in_the_image_decides_right_and_explain_warns(built, netns):
+    """bullseye's iptables 1.8.7 against a rule the host's 1.8.9 wrote with a native port range,
+    which 1.8.7's iptables-nft-save cannot parse (`Table 'filter' is incompatible`)."""
+    netns.ok("iptables-nft -A INPUT -p tcp --dport 80:90 -j ACCEPT")
+    rc, out, err = built.run("bullseye", (
+        "iptables-nft -V; iptables -A INPUT -s 192.0.2.30 -j DROP || exit 3; iptables-shim explain"),
+        network="ns:" + netns.path, env=DEBUG)
+    assert rc == 0, (out, err)
+    assert out.splitlines()[0] == "iptables v1.8.7 (nf_tables)"
+    assert "-> /usr/sbin/iptables-nft: nft (step 4" in err, err
+    assert netns.rules("nft") == ["-A INPUT -p tcp -m tcp --dport 80:90 -j ACCEPT",
+                                  "-A INPUT -s 192.0.2.30/32 -j DROP"]
+    assert netns.rules("legacy") == []
+    warnings = [l for l in out.splitlines() if l.startswith("warning:")]
+    assert len(warnings) == 1 and "/usr/sbin/iptables-nft-save cannot read" in warnings[0], out
+    assert "Table `filter' is incompatible" in warnings[0]
+    # Once only rules 1.8.7 can read remain, explain has nothing to warn about.
+    netns.ok("iptables-nft -D INPUT -p tcp --dport 80:90 -j ACCEPT")
+    rc, out, err = built.run("bullseye", "iptables-shim explain", network="ns:" + netns.path)
+    assert rc == 0 and "decision:      nft (step 4" in out, (out, err)
+    assert "warning:" not in out, out
+
+
+def test_read_only_root_filesystem(built, netns):
+    # podman's --read-only: / read-only, tmpfs on /run, /tmp, /var/tmp (the cache lives in /run).
+    rc, out, err = built.run("bookworm", (
+        "touch /opt/iptables-shim/x 2>/dev/null && exit 4; touch /usr/local/sbin/x 2>/dev/null && exit 4; "
+        "iptables -A INPUT -s 192.0.2.40 -j DROP || exit 3; iptables -S >/dev/null || exit 5; "
+        "echo '--- legacy'; iptables-legacy-save"),
+        network="none", read_only="tmpfs", env=DEBUG)
+    assert rc == 0, (out, err)
+    assert rules_in(section(out, "legacy")) == ["-A INPUT -s 192.0.2.40/32 -j DROP"]
+    # First call: empty netns, the alias decides; second: the rule it wrote now decides.
+    assert "legacy (step 6" in err and "legacy (step 5" in err, err
+    # Nothing writable at all (not even /tmp or /run): the onedir shim still decides and runs;
+    # the onefile build cannot unpack itself and fails: why the shipped tree is onedir.
+    netns.ok("iptables-nft -A INPUT -s 192.0.2.41 -j ACCEPT")
+    rc, out, err = built.run("bookworm", (
+        "touch /tmp/x 2>/dev/null && exit 4; iptables -A INPUT -s 192.0.2.42 -j DROP || exit 3; "
+        "/opt/onefile/iptables -A INPUT -s 192.0.2.43 -j DROP; echo onefile-rc=$?"),
+        network="ns:" + netns.path, read_only="all", env=DEBUG,
+        volumes=["%s:/opt/onefile:ro" % os.path.join(built.dist, "onefile")])
+    assert rc == 0, (out, err)
+    assert "-> /usr/sbin/iptables-nft: nft (step 4" in err, err
+    assert netns.rules("nft") == ["-A INPUT -s 192.0.2.41/32 -j ACCEPT", "-A INPUT -s 192.0.2.42/32 -j DROP"]
+    assert out.strip() != "onefile-rc=0", (out, err)
+    assert "Could not create temporary directory" in err, err
+    built.ws.log("onefile on a read-only root: %s / %s" % (out.strip(), err.strip().splitlines()[-1]))
