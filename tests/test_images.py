@@ -112,6 +112,13 @@ def test_frozen_copy_on_path_stops_instead_of_looping(built, tmp_path):
     err = r.stderr.decode()
     assert r.returncode == 127 and r.stdout == b""
     assert len(err.splitlines()) == 1 and err.startswith("iptables-shim: "), err
+    # With the real binaries behind them, the copy is no default alias: /usr/sbin/iptables is.
+    env["PATH"] = "%s:%s:%s" % (a, b, SYSTEM_PATH)
+    r = subprocess.run(["/usr/bin/unshare", "-n", os.path.join(a, "iptables-shim"), "explain", "--json"],
+                       env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
+    report = json.loads(r.stdout.decode())
+    assert report["default_alias"]["path"] == "/usr/sbin/iptables", report["default_alias"]
+    assert not [p for p in report["binaries"].values() if p.startswith(b)], report["binaries"]
 
 
 def test_frozen_start_up_is_within_twice_the_source_shim(built):

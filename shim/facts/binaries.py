@@ -40,6 +40,7 @@ def search_dirs(path_env):
     return dirs
 
 
+FROZEN_MARK = os.path.join("_internal", "iptables-shim.frozen")  # beside a frozen shim's executable
 SHIM_MARK = b"from shim.main import main"  # the entry script's own line: found in a copy of it too
 
 
@@ -47,7 +48,8 @@ def is_shim_copy(path, st):
     """Is this a copy of the shim (another checkout's bin/, cp -r): the same entry script in another
     file, which file identity cannot tell. Only small files are read: real binaries are large."""
     if st.st_size > 65536:
-        return False
+        # A frozen shim (packaging/build.sh) is a large executable: its tree carries a marker file.
+        return os.path.exists(os.path.join(os.path.dirname(os.path.realpath(path)), FROZEN_MARK))
     try:
         with open(path, "rb") as f:
             return SHIM_MARK in f.read(4096)
