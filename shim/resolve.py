@@ -17,12 +17,15 @@ class Gathered(object):
 
 
 def default_alias(family, found):
-    """(name, path) of the family's default alias: `iptables`, else its -save, else its -restore.
-    One order for every tool of a family, so iptables and iptables-save agree in an empty netns."""
-    for suffix in TOOL_SUFFIXES:
-        name = family + suffix
-        if name in found:
-            return name, found[name]
+    """(name, path) of the default alias: `iptables`, else its -save, else its -restore, else the
+    same for ip6tables. One order for every tool of both families (whichever `family` calls), so
+    iptables and ip6tables agree in an empty netns even where an image's alternatives disagree
+    between families: one decision per netns, as the cache (keyed by netns alone) assumes."""
+    for fam in FAMILIES:
+        for suffix in TOOL_SUFFIXES:
+            name = fam + suffix
+            if name in found:
+                return name, found[name]
     return None, None
 
 

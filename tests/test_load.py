@@ -260,3 +260,39 @@ def test_n_concurrent_appends_lose_nothing(tmp_path, many_netns, backend):
     assert ns.rules(other, "iptables") == []
     if backend == "nft":
         assert ns.legacy_tables() == []
+
+
+def split_alias_dir(root):
+    """An image whose alternatives disagree between families (`update-alternatives --set iptables
+    ...-legacy` run, ip6tables forgotten): iptables* run legacy, ip6tables* run nft."""
+    os.makedirs(root, exist_ok=True)
+    for family, backend in (("iptables", "legacy"), ("ip6tables", "nft")):
+        for suffix in ("", "-save", "-restore"):
+            os.symlink("/usr/sbin/xtables-%s-multi" % backend, os.path.join(root, family + suffix))
+    return root
+
+
+@pytest.mark.parametrize("context", ["container", "host"])
+def test_first_calls_of_both_families_agree_when_the_aliases_disagree(tmp_path, many_netns, context):
+    """One decision per netns for both families: with the image's iptables and ip6tables aliases
+    naming different backends, concurrent first calls of iptables and ip6tables in an empty netns
+    must still all land in one backend (the iptables alias's), cached or not."""
+    spaces = many_netns(4)
+    path = BIN + ":" + split_alias_dir(str(tmp_path / "split")) + ":" + SYSTEM_PATH
+    calls = []
+    for n, ns in enumerate(spaces):
+        cache = {"IPTABLES_SHIM_CACHE": "off"} if n % 2 else {}
+        env = shim_env(str(tmp_path / ("cache-%d" % n)), path=path, IPTABLES_SHIM_CONTEXT=context,
+                       IPTABLES_SHIM_DEBUG="1", **cache)
+        for i in range(10):
+            calls.append((ns, ["iptables", "-w", "-A", "INPUT", "-s", "10.9.%d.%d" % (n, i), "-j", "ACCEPT"],
+                          None, env))
+            calls.append((ns, ["ip6tables", "-w", "-A", "INPUT", "-s", "2001:db8:9::%x:%x" % (n, i), "-j",
+                               "ACCEPT"], None, env))
+    results = run_calls(calls)
+    for (ns, argv, _, _), r in zip(calls, results):
+        assert r.returncode == 0, (argv, r.stderr)
+    for ns in spaces:
+        where = {(b, f): len(ns.rules(b, f)) for b in ("nft", "legacy") for f in ("iptables", "ip6tables")}
+        assert where == {("legacy", "iptables"): 10, ("legacy", "ip6tables"): 10,
+                         ("nft", "iptables"): 0, ("nft", "ip6tables"): 0}, where
