@@ -160,6 +160,36 @@ def test_probe_cost_does_not_grow_with_the_ruleset(netns, tmp_path):
     assert small_bytes <= large_bytes <= 65536, (small_bytes, large_bytes)
 
 
+def legacy_getsockopts(netns, tmp_path):
+    trace = tmp_path / "trace"
+    r = netns.run(["/usr/bin/strace", "-f", "-qq", "-e", "trace=getsockopt", "-o", str(trace),
+                   "/usr/bin/python3", "-I", "-S", "-c",
+                   "import sys; sys.path.insert(0, %r)\nfrom shim.facts import legacy_kernel\n"
+                   "print(legacy_kernel.probe())" % REPO])
+    assert r.returncode == 0, r.stderr.decode()
+    return r.stdout.decode().strip(), [l.split(", ")[2] for l in trace.read_text().splitlines()]
+
+
+def test_legacy_rules_in_user_chains_only_show_in_the_table_figures(netns, tmp_path):
+    """Empty built-in chains, 2,000 rules in user chains: entry count and table size cannot be
+    those of a table without rules, so the entries are not read."""
+    chains = "".join(":U%d - [0:0]\n" % i for i in range(20))
+    rules = "".join("-A U%d -s 10.0.%d.%d -j ACCEPT\n" % (i % 20, i // 250, i % 250) for i in range(2000))
+    r = netns.run(["iptables-legacy-restore"], input=("*nat\n%s%sCOMMIT\n" % (chains, rules)).encode())
+    assert r.returncode == 0, r.stderr
+    assert legacy_getsockopts(netns, tmp_path) == ("(True, False)", ["IPT_SO_GET_INFO"])
+
+
+def test_legacy_table_whose_figures_fit_no_rules_is_read(netns, tmp_path):
+    """Three 152-byte rules and one 200-byte rule average a chain head plus tail (164 bytes): the
+    figures fit "two more empty chains", so the entries are read, and they show the rules."""
+    netns.ok("iptables-legacy -N U; for i in 1 2 3; do iptables-legacy -A U -j ACCEPT; done; "
+             "iptables-legacy -A U -p tcp --dport 80 -j ACCEPT")
+    assert legacy_getsockopts(netns, tmp_path) == ("(True, False)", ["IPT_SO_GET_INFO", "IPT_SO_GET_ENTRIES"])
+    netns.ok("iptables-legacy -F U")
+    assert legacy_getsockopts(netns, tmp_path) == ("(False, False)", ["IPT_SO_GET_INFO", "IPT_SO_GET_ENTRIES"])
+
+
 def test_no_legacy_table_means_no_socket_at_all(netns, tmp_path):
     trace = tmp_path / "trace"
     r = netns.run(["/usr/bin/strace", "-f", "-qq", "-e", "trace=socket,getsockopt", "-o", str(trace),

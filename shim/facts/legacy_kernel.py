@@ -41,12 +41,13 @@ GET_ENTRIES_HEAD = 40
 TARGET_NAME_AT, TARGET_NAME_LEN, ERRORNAME_AT, ERRORNAME_LEN = 2, 29, 32, 30
 ERROR_TARGET = b"ERROR"
 
-# family: (address family, sockopt level, /proc/net file, offsetof(entry, target_offset))
-# (struct ipt_entry is 112 bytes with target_offset at 88; struct ip6t_entry 168 with it at 140;
-# next_offset follows target_offset in both.)
+STANDARD_TARGET_LEN, ERROR_TARGET_LEN = 40, 64  # struct xt_standard_target, xt_error_target
+
+# family: (address family, sockopt level, /proc/net file, sizeof(struct ipt_entry / ip6t_entry),
+# offsetof(entry, target_offset)); next_offset follows target_offset in both.
 FAMILIES = {
-    "iptables": (AF_INET, SOL_IP, "net/ip_tables_names", 88),
-    "ip6tables": (AF_INET6, SOL_IPV6, "net/ip6_tables_names", 140),
+    "iptables": (AF_INET, SOL_IP, "net/ip_tables_names", 112, 88),
+    "ip6tables": (AF_INET6, SOL_IPV6, "net/ip6_tables_names", 168, 140),
 }
 
 _BO = sys.byteorder
@@ -92,38 +93,70 @@ class Info(object):
         """More entries than the built-in policies and the final ERROR entry: user chains or rules."""
         return self.num_entries > len(self.hooks) + 1
 
+    def sizes_say_rules(self, entry_len):
+        """True when the entry count and the table size cannot be those of a table without rules.
 
-def walk(entries, info, target_offset_at):
-    """(has_rules, chain names) from a table's entries. An entry is a rule unless it is a built-in
-    chain's policy (at an underflow offset), a user chain's head (an ERROR target naming the
-    chain), a user chain's tail (the entry just before the next head), or the final ERROR entry."""
-    policies = set(info.underflow[h] for h in info.hooks)
-    found = []  # (offset, error name or None)
+        Without rules, a table is B built-in policies (entry + standard target; the kernel checks
+        they are unconditional), U user chains of a head (entry + error target) and a tail (entry +
+        standard target, RETURN), and the final ERROR entry: 1 + B + 2U entries, and a size fixed by
+        B and U. Anything else holds rules, and the entries need not be read. (The converse does not
+        hold: an even number of rules averaging a head and a tail in size fits the same figures, so
+        a table that fits is read.)"""
+        policy = entry_len + STANDARD_TARGET_LEN
+        head = final = entry_len + ERROR_TARGET_LEN
+        extra = self.num_entries - len(self.hooks) - 1
+        if extra < 0 or extra % 2:
+            return True
+        chains = extra // 2
+        return self.size != len(self.hooks) * policy + chains * (head + policy) + final
+
+
+def entries_of(blob, target_offset_at):
+    """(offset, error name or None) of each entry of a table blob, in order."""
     offset = 0
-    while offset < len(entries):
-        target = offset + _u16(entries, offset + target_offset_at)
-        step = _u16(entries, offset + target_offset_at + 2)
+    while offset < len(blob):
+        target = offset + _u16(blob, offset + target_offset_at)
+        step = _u16(blob, offset + target_offset_at + 2)
         if step == 0 or target >= offset + step:
             raise Unavailable("malformed x_tables entry at offset %d" % offset)
-        if _cstr(entries, target + TARGET_NAME_AT, TARGET_NAME_LEN) == ERROR_TARGET:
-            found.append((offset, _cstr(entries, target + ERRORNAME_AT, ERRORNAME_LEN)))
+        if _cstr(blob, target + TARGET_NAME_AT, TARGET_NAME_LEN) == ERROR_TARGET:
+            yield offset, _cstr(blob, target + ERRORNAME_AT, ERRORNAME_LEN).decode("ascii", "replace")
         else:
-            found.append((offset, None))
+            yield offset, None
         offset += step
+
+
+def walk(blob, info, target_offset_at, all_chains=True):
+    """(has_rules, user chain names) from a table's entries. An entry is a rule unless it is a
+    built-in chain's policy (at an underflow offset), a user chain's head (an ERROR target naming
+    the chain), a user chain's tail (the entry just before the next head), or the final ERROR
+    entry. all_chains=False stops at the first rule (the names are then incomplete)."""
+    policies = set(info.underflow[h] for h in info.hooks)
     chains = []
     rules = False
     in_user_chain = False
-    for i, (offset, error_name) in enumerate(found):
+    pending = None  # an entry of a user chain that is a rule unless a head follows it (its tail)
+    for offset, error_name in entries_of(blob, target_offset_at):
         if error_name is not None:
-            if i + 1 < len(found):  # a head; the last ERROR entry ends the table
-                chains.append(error_name.decode("ascii", "replace"))
-                in_user_chain = True
+            pending = None  # it was the tail
+            chains.append(error_name)
+            in_user_chain = True
             continue
+        if pending is not None:
+            rules = True
+            if not all_chains:
+                return True, chains
+        pending = None
         if offset in policies:
             continue
-        if in_user_chain and i + 1 < len(found) and found[i + 1][1] is not None:
-            continue  # the RETURN that ends a user chain
-        rules = True
+        if in_user_chain:
+            pending = offset
+        else:
+            rules = True
+            if not all_chains:
+                return True, chains
+    if chains:
+        chains.pop()  # the final ERROR entry ends the table; it names no chain
     return rules, chains
 
 
@@ -225,7 +258,7 @@ def probe(proc="/proc"):
 
     opt = Sockopt()
     rules = hint = False
-    for family, (af, level, _, target_offset_at) in FAMILIES.items():
+    for family, (af, level, _, entry_len, target_offset_at) in FAMILIES.items():
         if not listed[family]:
             continue
         try:
@@ -239,6 +272,10 @@ def probe(proc="/proc"):
                 if info is not None:
                     infos[name] = info
                     rules = rules or info.builtin_rules()
+                    if not rules and info.user_chains_possible() and info.sizes_say_rules(entry_len):
+                        rules = True
+            # The entries, only where still needed: mangle's chain names for the hint, and a
+            # table whose figures fit "no rules" while rules are not yet known.
             for name, info in sorted(infos.items(), key=lambda item: item[0] != HINT_TABLE):
                 need_hint = name == HINT_TABLE and not hint
                 if not info.user_chains_possible() or not (need_hint or not rules):
@@ -246,11 +283,11 @@ def probe(proc="/proc"):
                 read = read_entries(opt, sock.fileno(), level, name, info)
                 if read is None:
                     continue
-                info, entries = read
-                table_rules, chains = walk(entries, info, target_offset_at)
+                info, blob = read
+                table_rules, chains = walk(blob, info, target_offset_at, all_chains=need_hint)
                 rules = rules or table_rules
-                if name == HINT_TABLE:
-                    hint = hint or any(chain in HINT_CHAINS for chain in chains)
+                if need_hint:
+                    hint = any(chain in HINT_CHAINS for chain in chains)
         finally:
             sock.close()
     return rules, hint
