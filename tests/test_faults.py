@@ -323,18 +323,25 @@ def test_binary_removed_and_restored_while_calls_run(netns, tmp_path):
 
 SECCOMP = r'''
 import ctypes, os, platform, struct, sys
-# A seccomp filter refusing socket(domain, ...) for the given domains with EACCES, then exec argv.
+# A seccomp filter refusing socket(domain, type, ...) with EACCES for the given domains (all of
+# them, or with "cloexec" only those asking for SOCK_CLOEXEC), then exec argv.
 ARCH = {"x86_64": (0xC000003E, 41), "aarch64": (0xC00000B7, 198)}
 audit, nr = ARCH[platform.machine()]
 domains = [int(d) for d in sys.argv[1].split(",")]
+cloexec_only = sys.argv[2] == "cloexec"
 def ins(code, jt, jf, k):
     return struct.pack("HBBI", code, jt, jf, k)
+ALLOW, ERRNO = ins(0x06, 0, 0, 0x7FFF0000), ins(0x06, 0, 0, 0x00050000 | 13)
 n = len(domains)
 prog = [ins(0x20, 0, 0, 4), ins(0x15, 0, 3 + n, audit), ins(0x20, 0, 0, 0), ins(0x15, 0, 1 + n, nr),
         ins(0x20, 0, 0, 16)]
 for i, d in enumerate(domains):
     prog.append(ins(0x15, n - i, 0, d))
-prog += [ins(0x06, 0, 0, 0x7FFF0000), ins(0x06, 0, 0, 0x00050000 | 13)]
+prog.append(ALLOW)
+if cloexec_only:  # type (args[1]) & SOCK_CLOEXEC
+    prog += [ins(0x20, 0, 0, 24), ins(0x45, 0, 1, 0o2000000), ERRNO, ALLOW]
+else:
+    prog.append(ERRNO)
 buf = ctypes.create_string_buffer(b"".join(prog))
 class Fprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
@@ -342,16 +349,20 @@ fp = Fprog(len(prog), ctypes.addressof(buf))
 libc = ctypes.CDLL(None, use_errno=True)
 assert libc.prctl(38, 1, 0, 0, 0) == 0
 assert libc.prctl(22, 2, ctypes.byref(fp), 0, 0) == 0, ctypes.get_errno()
-os.execvp(sys.argv[2], sys.argv[2:])
+os.execvp(sys.argv[3], sys.argv[3:])
 '''
 
 AF_INET, AF_INET6, AF_NETLINK = 2, 10, 16
 
 REFUSALS = {
     # name: (wrapper argv prefix, what it refuses)
-    "seccomp: no netlink": lambda tmp: ["/usr/bin/python3", seccomp_script(tmp), str(AF_NETLINK)],
+    "seccomp: no netlink": lambda tmp: ["/usr/bin/python3", seccomp_script(tmp), str(AF_NETLINK), "all"],
     "seccomp: no inet sockets": lambda tmp: ["/usr/bin/python3", seccomp_script(tmp),
-                                             "%d,%d" % (AF_INET, AF_INET6)],
+                                             "%d,%d" % (AF_INET, AF_INET6), "all"],
+    # The shim's own kernel probes open their sockets with SOCK_CLOEXEC (Python always does); the
+    # real binaries, which the fallback save probe runs, do not: only the kernel probes are refused.
+    "seccomp: kernel probes only": lambda tmp: ["/usr/bin/python3", seccomp_script(tmp),
+                                                "%d,%d,%d" % (AF_NETLINK, AF_INET, AF_INET6), "cloexec"],
     "no CAP_NET_ADMIN/NET_RAW": lambda tmp: ["capsh", "--drop=cap_net_admin,cap_net_raw", "--", "-c",
                                              'exec "$0" "$@"'],
 }
@@ -372,6 +383,9 @@ def test_seccomp_wrapper_really_refuses(netns, tmp_path):
     assert r.returncode != 0
     r = netns.run(wrap + ["iptables-nft", "-S"])
     assert r.returncode != 0
+    # The kernel-probes-only filter leaves the real binaries (the fallback) working.
+    r = netns.run(REFUSALS["seccomp: kernel probes only"](tmp_path) + ["iptables-nft-save"])
+    assert r.returncode == 0 and b"*filter" in r.stdout, r.stderr
 
 
 # (seed backend, PATH alias, expected backend): the alias always names the *other* backend, so a
@@ -415,6 +429,10 @@ def test_refused_probe_answers_right_or_stops(netns, tmp_path, refusal, seeded, 
         assert report["decision"]["backend"] == seeded
     else:
         assert "could not read" in rep.stderr.decode()
+    if refusal == "seccomp: kernel probes only":
+        # The fallback answered, right, and explain says so.
+        assert r.returncode == 0 and rep.returncode == 0, (err, rep.stderr)
+        assert "kernel probe unavailable" in report["backends"][seeded]["source"], report["backends"]
 
 
 def test_host_context_is_unaffected_by_a_refused_probe(netns, tmp_path):
