@@ -101,6 +101,25 @@ def test_only_world_writable_copies_is_a_clear_error(netns, tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("path", [None, "", ":", ".:bin"], ids=["unset", "empty", "colon", "relative only"])
+def test_no_usable_path_at_all_is_a_clear_error(netns, tmp_path, path):
+    """PATH unset, empty or relative only (the shim reached by its absolute path): one line naming
+    what is missing, exit 127, nothing run, whatever the working directory holds."""
+    marker = tmp_path / "planted-ran"
+    cwd = evil_dir(tmp_path / "cwd", marker)
+    evil_dir(tmp_path / "cwd" / "bin", marker)
+    env = shim_env(tmp_path / "cache", **CONTAINER)
+    if path is None:
+        del env["PATH"]
+    else:
+        env["PATH"] = path
+    proc, _ = call(netns, [os.path.join(BIN, "iptables"), "-S"], env, cwd=cwd)
+    assert proc.returncode == 127 and proc.stdout == b"", proc.stderr
+    assert proc.stderr.count(b"\n") == 1 and proc.stderr.startswith(b"iptables-shim: ")
+    assert b"PATH" in proc.stderr
+    assert not marker.exists()
+
+
 def test_unreadable_path_entry_for_an_unprivileged_caller(netns, tmp_path):
     """A directory the caller cannot search (mode 000, caller not root) is skipped like a missing
     one, and the next entry answers."""
