@@ -39,6 +39,11 @@ pyinstaller_build() {
     rm -rf "$out/iptables-shim" "$out/onefile"
     "$work/venv/bin/pyinstaller" --noconfirm --log-level WARN --distpath "$out" --workpath "$work/pyi" \
         "$src/packaging/iptables-shim.spec"
+    # An excluded module the shim imports would make the frozen shim quietly take a fallback
+    # (or fail) where the source shim does not: refuse the build instead.
+    if grep -E "^excluded module named .* imported by .*shim\." "$work/pyi/iptables-shim/warn-iptables-shim.txt" >&2; then
+        die "the spec excludes a module that shim/ imports (above): remove it from EXCLUDES"
+    fi
     if [ -n "$onefile" ]; then
         IPTABLES_SHIM_ONEFILE=1 "$work/venv/bin/pyinstaller" --noconfirm --log-level WARN \
             --distpath "$out/onefile" --workpath "$work/pyi-onefile" "$src/packaging/iptables-shim.spec"
@@ -106,7 +111,7 @@ main() {
             --inside) mode=inside ;;
             --onefile) onefile=1 ;;
             --out) out=$(realpath -m "$2"); shift ;;
-            -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+            -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
             *) die "unknown option $1 (see --help)" ;;
         esac
         shift

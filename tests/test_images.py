@@ -100,6 +100,25 @@ def test_frozen_shim_hands_the_callers_environment_and_argv_to_the_real_binary(b
     assert "LD_LIBRARY_PATH=/callers/own" in r.stdout.decode().splitlines()
 
 
+def test_frozen_shim_sees_the_same_facts_as_the_source_shim(built, netns):
+    """Same facts, from the same probes (kernel, not a fallback), same decision: nothing the
+    shim imports is missing from the bundle."""
+    netns.ok("iptables-nft -A INPUT -s 192.0.2.60 -j ACCEPT; iptables-legacy -t mangle -N KUBE-IPTABLES-HINT;"
+             " ip6tables-legacy -A INPUT -s 2001:db8::1 -j DROP")
+    reports = {}
+    for how, shim in (("source", os.path.join(REPO, "bin", "iptables-shim")),
+                      ("frozen", os.path.join(built.dist, "iptables-shim", "iptables-shim"))):
+        r = netns.run([shim, "explain", "--json"], env={"PATH": SYSTEM_PATH, "IPTABLES_SHIM_CONTEXT": "container",
+                                                          "IPTABLES_SHIM_CACHE": "off"})
+        assert r.returncode == 0, r.stderr
+        reports[how] = json.loads(r.stdout.decode())
+    built.ws.log("explain backends, frozen: %s" % reports["frozen"]["backends"])
+    for key in ("backends", "decision", "default_alias", "context", "binaries", "runs", "warnings"):
+        assert reports["frozen"][key] == reports["source"][key], key
+    assert reports["frozen"]["decision"]["backend"] == "legacy"  # the hint
+    assert all(b["source"].startswith("kernel") for b in reports["frozen"]["backends"].values())
+
+
 def test_frozen_copy_on_path_stops_instead_of_looping(built, tmp_path):
     """Two copies of the frozen tree on PATH, nothing real behind them: one error line, fast."""
     tree = os.path.join(built.dist, "iptables-shim")
