@@ -84,7 +84,8 @@ def test_frozen_shim_hands_the_callers_environment_and_argv_to_the_real_binary(b
     """The bootloader's LD_LIBRARY_PATH and _PYI_* must not reach what the shim runs."""
     fake = tmp_path / "fake"
     fake.mkdir()
-    (fake / "iptables-nft").write_text('#!/bin/sh\necho "argv0=$0"; for a in "$@"; do echo "arg=$a"; done; /usr/bin/env\n')
+    (fake / "iptables-nft").write_text(
+        '#!/bin/sh\necho "argv0=$0"; for a in "$@"; do echo "arg=$a"; done; /usr/bin/env; echo "pid=$$"\n')
     (fake / "iptables-nft").chmod(0o755)
     tree = os.path.join(built.dist, "iptables-shim")
     env = {"PATH": "%s:%s" % (tree, fake), "IPTABLES_SHIM_MODE": "nft", "LC_ALL": "C"}
@@ -96,8 +97,12 @@ def test_frozen_shim_hands_the_callers_environment_and_argv_to_the_real_binary(b
     assert "arg=--ünï" in out
     assert "LD_LIBRARY_PATH" not in out and "_PYI_" not in out and "_MEI" not in out
     env["LD_LIBRARY_PATH"] = "/callers/own"
-    r = subprocess.run([os.path.join(tree, "iptables")], env=env, stdout=subprocess.PIPE, timeout=30)
-    assert "LD_LIBRARY_PATH=/callers/own" in r.stdout.decode().splitlines()
+    p = subprocess.Popen([os.path.join(tree, "iptables")], env=env, stdout=subprocess.PIPE)
+    out = p.communicate(timeout=30)[0].decode()
+    assert "LD_LIBRARY_PATH=/callers/own" in out.splitlines()
+    # The bootloader's restart and the shim's hand-over are both execs: the real binary runs in the
+    # PID its caller started (a onefile build would leave its parent waiting in that PID instead).
+    assert "pid=%d" % p.pid in out.splitlines(), out
 
 
 def test_frozen_shim_sees_the_same_facts_as_the_source_shim(built, netns):
