@@ -120,6 +120,11 @@ def gen_case(rng):
     expected = {}
     for backend in ("nft", "legacy"):
         rules = hint = False
+        if rng.random() < 0.12:  # kubelet's hint alone, as on a node before kube-proxy starts
+            text = "*mangle\n:%s - [0:0]\nCOMMIT\n" % rng.choice(HINTS)
+            steps.append(("%s-%s-restore" % (rng.choice(["iptables", "ip6tables"]), backend), text))
+            expected[backend] = {"rules": False, "hint": True}
+            continue
         for family in ("iptables", "ip6tables"):
             if rng.random() < 0.4:
                 continue

@@ -36,7 +36,10 @@ NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
 NFPROTO_UNSPEC = 0
 FAMILIES = {2: "ip", 10: "ip6"}  # NFPROTO_IPV4, NFPROTO_IPV6: the families iptables-nft writes
 ENOENT = 2
-RECV_SIZE = 65536
+# Dump batches are sized by the largest read the socket has seen (never below NLMSG_GOODSIZE,
+# at most 8 KiB): reading 8 KiB keeps each batch, and the kernel's work before the first rule, small.
+RECV_SIZE = 8192
+MSG_TRUNC = 0x20
 TIMEOUT = 5.0
 
 _BO = sys.byteorder  # netlink headers are in host byte order
@@ -150,11 +153,13 @@ class Netlink(object):
         """Netlink messages as they arrive, one datagram at a time."""
         while True:
             try:
-                data = self.sock.recv(RECV_SIZE)
+                data, _, flags, _ = self.sock.recvmsg(RECV_SIZE)
             except OSError as e:
                 raise Unavailable("netlink receive failed: %s" % (e.strerror or e))
             if not data:
                 raise Unavailable("netlink socket closed")
+            if flags & MSG_TRUNC:
+                raise Unavailable("netlink message larger than %d bytes" % RECV_SIZE)
             for message in messages(data):
                 yield message
 
