@@ -174,7 +174,14 @@ def test_500_concurrent_calls_over_20_fresh_netns(tmp_path, many_netns, cache_mo
 
     # Wave 1: half the calls, all started at once in netns where nothing has been decided yet:
     # every one of them is a first call. Wave 2: the other half, concurrently, once the first is done.
-    results = run_calls(waves[0]) + run_calls(waves[1])
+    import time
+
+    start = time.monotonic()
+    results = run_calls(waves[0])
+    middle = time.monotonic()
+    results += run_calls(waves[1])
+    print("500 calls, cache %s: first wave (250 first calls) %.1f s, second wave %.1f s"
+          % (cache_mode, middle - start, time.monotonic() - middle))
     meta = meta[0] + meta[1]
 
     seen = {n: set() for n in range(NETNS_COUNT)}
