@@ -163,9 +163,15 @@ def test_image_without_python_runs_the_frozen_shim(built):
     rc, out, err = built.run("bookworm", (
         "for p in python3 python3.11 python3.9 python; do command -v $p && exit 9; done; "
         "ls -d /usr/bin/python* /usr/lib/python3* 2>/dev/null && exit 8; "
-        "command -v iptables; readlink /usr/local/sbin/iptables; iptables -V; iptables-shim explain"),
+        "command -v iptables; readlink /usr/local/sbin/iptables; iptables -V; iptables-shim explain; "
+        # install, from the frozen shim: idempotent, and the image's own /usr/sbin is refused.
+        "echo '--- install'; iptables-shim install /usr/local/sbin | sed 's/.*: //' | sort | uniq -c; "
+        "iptables-shim install /usr/sbin; echo rc=$?; readlink /usr/sbin/iptables"),
         env=DEBUG)
     assert rc == 0, (out, err)
+    assert [l.split() for l in section(out, "install")] == [
+        ["7", "already", "this", "shim"], ["rc=127"], ["/etc/alternatives/iptables"]], out
+    assert "iptables-shim: refusing to install into /usr/sbin" in err, err
     lines = out.splitlines()
     assert lines[:3] == ["/usr/local/sbin/iptables", "/opt/iptables-shim/iptables-shim",
                          "iptables v1.8.9 (legacy)"], out
