@@ -204,15 +204,48 @@ def test_entry_rewritten_concurrently_never_misleads(netns, tmp_path):
 
 # --- netns recycled -------------------------------------------------------------------------------
 
+NO_COOKIE = r'''
+import ctypes, os, platform, struct, sys
+# A seccomp filter refusing getsockopt(..., SO_NETNS_COOKIE=71) with ENOPROTOOPT, as a kernel
+# older than 5.14 answers, then exec argv.
+ARCH = {"x86_64": (0xC000003E, 55), "aarch64": (0xC00000B7, 209)}
+audit, nr = ARCH[platform.machine()]
+def ins(code, jt, jf, k):
+    return struct.pack("HBBI", code, jt, jf, k)
+prog = [ins(0x20, 0, 0, 4), ins(0x15, 0, 5, audit), ins(0x20, 0, 0, 0), ins(0x15, 0, 3, nr),
+        ins(0x20, 0, 0, 32), ins(0x15, 0, 1, 71), ins(0x06, 0, 0, 0x00050000 | 92),
+        ins(0x06, 0, 0, 0x7FFF0000)]
+buf = ctypes.create_string_buffer(b"".join(prog))
+class Fprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+fp = Fprog(len(prog), ctypes.addressof(buf))
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.prctl(38, 1, 0, 0, 0) == 0
+assert libc.prctl(22, 2, ctypes.byref(fp), 0, 0) == 0, ctypes.get_errno()
+os.execvp(sys.argv[1], sys.argv[1:])
+'''
+
+
 @pytest.mark.slow
-def test_recycled_netns_never_inherit_a_decision(tmp_path):
-    """Create and delete netns many times with one shared cache: the nsfs inode is reused, the
-    cookie (the key) is not, so no decision carries over. Seeds alternate between the backends, so
-    a carried-over decision would put the rule in the wrong one. An entry planted under the inode
-    key of the new netns (what the st_dev:st_ino fallback would look up) is not consulted either."""
+@pytest.mark.parametrize("cookie", [True, False], ids=["netns cookie", "no cookie (kernel < 5.14)"])
+def test_recycled_netns_never_inherit_a_decision(tmp_path, cookie):
+    """Create and delete netns many times with one shared cache, seeding each with rules in a
+    randomly chosen backend: the nsfs inode is reused within a few cycles, so a decision keyed by it
+    would carry over into the wrong backend. With the cookie (never reused) as the key, none does;
+    an entry planted under the inode key (what a st_dev:st_ino key would look up) is not consulted.
+    Without a cookie (SO_NETNS_COOKIE refused as an older kernel does), nothing is cached at all:
+    the st_dev:st_ino fallback the shim once had made new netns inherit dead ones' decisions."""
+    import random
+
     cache = tmp_path / "cache"
     env = shim_env(cache, IPTABLES_SHIM_CONTEXT="container", IPTABLES_SHIM_DEBUG="1",
                    PATH=BIN + ":" + legacy_alias_dir(str(tmp_path / "alias")) + ":" + SYSTEM_PATH)
+    wrap = []
+    if not cookie:
+        script = tmp_path / "no-cookie.py"
+        script.write_text(NO_COOKIE)
+        wrap = ["/usr/bin/python3", str(script)]
+    rng = random.Random(11)
     inodes, keys = [], []
     from conftest import Netns
 
@@ -220,30 +253,42 @@ def test_recycled_netns_never_inherit_a_decision(tmp_path):
         ns = Netns("shimcycle-" + uuid.uuid4().hex[:8])
         subprocess.run(["ip", "netns", "add", ns.name], check=True)
         try:
-            seeded = ("nft", "legacy")[cycle % 2]
+            seeded = rng.choice(("nft", "legacy"))
             ns.ok("iptables-%s -A FORWARD -s 192.0.2.1 -j DROP" % seeded)
             st = os.stat(ns.path)
             inodes.append(st.st_ino)
             other = "legacy" if seeded == "nft" else "nft"
             stale = cache / ("ino-%d-%d" % (st.st_dev, st.st_ino))
-            if cache.exists():
+            if cookie and cache.exists():
                 stale.write_bytes(("%s 4 planted under the inode key\n" % other).encode())
                 os.chmod(str(stale), 0o600)
             for i in (2, 3):
-                r = ns.run(["iptables", "-A", "FORWARD", "-s", "192.0.2.%d" % i, "-j", "DROP"], env=env)
+                r = ns.run(wrap + ["iptables", "-A", "FORWARD", "-s", "192.0.2.%d" % i, "-j", "DROP"], env=env)
                 assert r.returncode == 0, r.stderr
                 d = debug_of(r)
                 assert d["backend"] == seeded, (cycle, d)
+                if not cookie:
+                    assert d["key"] == "None" and "not cached" in d["cache"], d
             keys.append(d["key"])
             assert len(ns.rules(seeded)) == 3
             assert ns.rules(other) == []
         finally:
             subprocess.run(["ip", "netns", "delete", ns.name], check=False)
-    assert len(set(keys)) == len(keys), "a cookie was reused"
     # The situation the cookie exists for did happen: an inode came back for a new netns.
     assert len(set(inodes)) < len(inodes), inodes
-    print("netns recycled: %d cycles, %d distinct nsfs inodes, %d distinct cookies"
-          % (len(inodes), len(set(inodes)), len(set(keys))))
+    if cookie:
+        assert len(set(keys)) == len(keys), "a cookie was reused"
+    else:
+        assert cache_names(cache) == []
+    print("netns recycled (%s): %d cycles, %d distinct nsfs inodes, %d distinct keys"
+          % ("cookie" if cookie else "no cookie", len(inodes), len(set(inodes)), len(set(keys))))
+
+
+def cache_names(directory):
+    try:
+        return sorted(os.listdir(str(directory)))
+    except FileNotFoundError:
+        return []
 
 
 # --- the binary vanishing between decision and exec ------------------------------------------------

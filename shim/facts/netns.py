@@ -8,7 +8,10 @@ SOL_SOCKET = 1
 
 
 def netns_key():
-    """A string naming this netns for the cache, or None when neither source answers."""
+    """A string naming this netns for the cache, or None when the kernel has no netns cookie
+    (Linux < 5.14): then nothing is cached. The st_dev:st_ino of /proc/self/ns/net is no key: the
+    inode of a deleted netns is reused by the next one within seconds, which then inherited the
+    dead netns's decision and wrote rules into the wrong backend (issue 5's recycle test)."""
     try:
         # _socket, not socket: the high-level module pulls in enum and costs milliseconds per call.
         import _socket
@@ -19,13 +22,7 @@ def netns_key():
         finally:
             sock.close()
     except (OSError, ImportError):
-        pass
-    try:
-        st = os.stat("/proc/self/ns/net")
-    except OSError:
         return None
-    # An inode can be reused once a netns is gone; the cookie cannot, which is why it comes first.
-    return "ino-%d-%d" % (st.st_dev, st.st_ino)
 
 
 def netns_kind(proc="/proc"):
