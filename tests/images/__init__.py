@@ -79,6 +79,11 @@ class Workspace(object):
 
     def close(self):
         if self.fresh:
+            # The measurements outlive the fresh cache: kept beside the default cache's logs.
+            keep = os.path.join(DEFAULT_CACHE, "logs", "images-fresh-%s.log" % time.strftime("%Y%m%dT%H%M%S"))
+            os.makedirs(os.path.dirname(keep), exist_ok=True)
+            self.log("log kept in " + keep)
+            shutil.copyfile(self.logfile, keep)
             shutil.rmtree(self.root, ignore_errors=True)
             shutil.rmtree(self.runroot, ignore_errors=True)
 
