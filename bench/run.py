@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """What a call through the shim costs, side by side with what it replaces. One command, as root:
 
-    sudo /usr/bin/python3 bench/run.py            # ~1-2 minutes; --reps N (default 40), --json FILE
+    sudo /usr/bin/python3 bench/run.py            # ~1-2 minutes; --reps N (default 50), --json FILE
 
 Every scenario runs in its own fresh network namespace (`unshare -n`; the machine's own rules are
 never touched), set up like a Kubernetes node of that backend: kubelet's hint chain
@@ -172,7 +172,7 @@ def main():
     if os.geteuid() != 0:
         raise SystemExit("run as root: every scenario needs its own network namespace (sudo %s %s)"
                          % (PYTHON, " ".join(sys.argv)))
-    reps = int(args[args.index("--reps") + 1]) if "--reps" in args else 40
+    reps = int(args[args.index("--reps") + 1]) if "--reps" in args else 50
     json_out = args[args.index("--json") + 1] if "--json" in args else None
     print("iptables-shim benchmark: %s" % machine())
     print("medians of %d interleaved runs per command, milliseconds (save: 15 runs, 5 at 100k)\n" % reps)

@@ -24,6 +24,10 @@ NFNL_SUBSYS_NFTABLES = 10
 NFT_MSG_GETTABLE, NFT_MSG_NEWTABLE = 1, 0
 NFT_MSG_GETCHAIN, NFT_MSG_NEWCHAIN = 4, 3
 NFT_MSG_GETRULE, NFT_MSG_NEWRULE = 7, 6
+# Message types of the replies: subsystem in the high byte.
+NEWTABLE = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWTABLE
+NEWCHAIN = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWCHAIN
+NEWRULE = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWRULE
 NLM_F_REQUEST = 0x1
 NLM_F_DUMP = 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
@@ -183,7 +187,7 @@ def xtables_tables(nl):
             if error_of(payload) == ENOENT:
                 return tables
             raise refused(payload)
-        if kind & 0xFF != NFT_MSG_NEWTABLE or len(payload) < NFGENMSG_LEN:
+        if kind != NEWTABLE or len(payload) < NFGENMSG_LEN:
             continue
         family = payload[0]
         attrs = attributes(payload)
@@ -213,7 +217,7 @@ def has_hint(nl, tables):
         if kind == NLMSG_ERROR:
             if error_of(payload) not in (0, ENOENT):
                 raise refused(payload)
-        elif kind & 0xFF == NFT_MSG_NEWCHAIN:
+        elif kind == NEWCHAIN:
             found = True
         del pending[seq]
         if not pending:
@@ -234,7 +238,7 @@ def table_has_rule(nl, family, name):
             if error_of(payload) == ENOENT:
                 return False
             raise refused(payload)
-        if kind & 0xFF == NFT_MSG_NEWRULE and text(attributes(payload).get(NFTA_RULE_TABLE, b"")) == name:
+        if kind == NEWRULE and text(attributes(payload).get(NFTA_RULE_TABLE, b"")) == name:
             return True
 
 
