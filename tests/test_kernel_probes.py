@@ -280,3 +280,16 @@ def test_explain_names_the_probe_that_answered(netns, cache_dir):
     assert reduced["legacy"]["source"].startswith("save (unread: iptables-legacy-save); "
                                                   "kernel probe unavailable: raw socket refused"), reduced
     assert reduced["nft"]["rules"] is None and reduced["legacy"]["rules"] is None
+
+
+def test_without_ctypes_the_legacy_probe_falls_back_to_save(netns):
+    """Debian's python3-minimal has _socket built in but not _ctypes (libpython3-stdlib): there the
+    x_tables socket options cannot be called with a table name, and the save probe answers."""
+    netns.ok(LEGACY_RULE)
+    code = ("sys.modules['_ctypes'] = sys.modules['ctypes'] = None  # as if not installed\n"
+            "from shim.facts import rules\n"
+            "paths = {f: '/usr/sbin/%s-legacy-save' % f for f in ('iptables', 'ip6tables')}\n"
+            "print(json.dumps(rules.backend_state('legacy', paths).as_dict()))\n")
+    assert in_netns(netns, code) == {
+        "rules": True, "hint": False,
+        "source": "save; kernel probe unavailable: no ctypes to call getsockopt with a table name"}
