@@ -7,7 +7,6 @@ Rules are read back from the kernel with the real save binaries; every netns is 
 """
 
 import os
-import platform
 import re
 import subprocess
 import threading

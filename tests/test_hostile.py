@@ -22,7 +22,7 @@ import threading
 import pytest
 
 from conftest import BIN, SYSTEM_PATH, shim_env
-from fakes import NSENTER, VARIANT_NAMES, cache_files, call, netns_key
+from fakes import VARIANT_NAMES, cache_files, call, netns_key
 from shim.cache import parse_entry
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: namespaces, rules, chown")

@@ -22,7 +22,7 @@ import uuid
 
 import pytest
 
-from conftest import BIN, REPO, SYSTEM_PATH, shim_env
+from conftest import BIN, SYSTEM_PATH, shim_env
 from shim.cache import parse_entry
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates network namespaces and rules")

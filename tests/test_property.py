@@ -20,7 +20,7 @@ import uuid
 
 import pytest
 
-from conftest import SYSTEM_PATH, Netns, shim_env
+from conftest import Netns, shim_env
 from fakes import call
 
 hypothesis = pytest.importorskip("hypothesis", reason="python3-hypothesis (the dev extra) is not installed")
