@@ -4,8 +4,8 @@
     /usr/bin/python3 bench/frozen.py [--frozen dist/iptables-shim] [--onefile FILE] [-n 200] [--json]
 
 Runs itself in a fresh private netns (`unshare -n`, root), writes one nft rule there (so the
-decision is grounded and cached), warms each shim's cache with one call, then times N calls of
-`iptables -V` each way (os.posix_spawn + waitpid, median and p90 in ms). The real binary's own
+decision is grounded and cached), warms each shim's cache, then times N calls of `iptables -V` each way,
+interleaved (os.posix_spawn + waitpid, median and p90 in ms). The real binary's own
 `iptables-nft -V` is measured too, so the shim's overhead is the difference. Prints one line per
 command and the ratio frozen/source of the medians (the target is <= 2).
 """
@@ -56,16 +56,22 @@ def measure(frozen, onefile, n):
         cases.append(("frozen shim iptables -V", [os.path.join(frozen, "iptables"), "-V"], frozen))
     if onefile:
         cases.append(("onefile shim iptables -V", [os.path.join(os.path.dirname(onefile), "iptables"), "-V"], os.path.dirname(onefile)))
-    results = {}
+    times = {label: [] for label, _, _ in cases}
     with tempfile.TemporaryDirectory() as tmp:
-        for label, argv, bindir in cases:
-            cache = os.path.join(tmp, str(len(results)))
+        envs = []
+        for i, (label, argv, bindir) in enumerate(cases):
+            cache = os.path.join(tmp, str(i))
             os.mkdir(cache, 0o700)
             env = {"PATH": (bindir + ":" if bindir else "") + SYSTEM_PATH, "IPTABLES_SHIM_CACHE_DIR": cache}
             spawn_times(argv, env, 3)  # warm: page cache and the shim's per-netns entry
             if bindir and not os.listdir(cache):
                 raise SystemExit("bench: %s wrote no cache entry; not a cache-hit measurement" % label)
-            results[label] = summary(spawn_times(argv, env, n))
+            envs.append(env)
+        # Interleaved, one run of each in turn: load from elsewhere hits every case alike.
+        for _ in range(n):
+            for (label, argv, _), env in zip(cases, envs):
+                times[label] += spawn_times(argv, env, 1)
+    results = {label: summary(times[label]) for label, _, _ in cases}
     src = results["source shim iptables -V"]["median_ms"]
     for label in ("frozen shim iptables -V", "onefile shim iptables -V"):
         if label in results:
