@@ -152,19 +152,21 @@ def test_blocking_real_call_is_the_spawned_pid(netns, cache_dir, backend):
     p = subprocess.Popen([NSENTER, "--net=" + netns.path, os.path.join(BIN, "iptables-restore"), "--noflush"],
                          env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        exe = None
+        exe = cmdline = None
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
                 exe = os.readlink("/proc/%d/exe" % p.pid)
+                with open("/proc/%d/cmdline" % p.pid, "rb") as f:
+                    cmdline = f.read()
             except OSError:
-                exe = None
-            if exe and "xtables" in exe:
+                exe = cmdline = None
+            # execve installs the new exe before it lays out the new argv: wait for both.
+            if exe and "xtables" in exe and cmdline:
                 break
             time.sleep(0.01)
         assert exe == "/usr/sbin/xtables-%s-multi" % backend
-        with open("/proc/%d/cmdline" % p.pid, "rb") as f:
-            assert f.read().split(b"\0")[:2] == [b"iptables-%s-restore" % backend.encode(), b"--noflush"]
+        assert cmdline.split(b"\0")[:2] == [b"iptables-%s-restore" % backend.encode(), b"--noflush"]
         children = open("/proc/%d/task/%d/children" % (p.pid, p.pid)).read().split()
         assert children == []
         out, err = p.communicate(RESTORE_INPUT, timeout=30)
