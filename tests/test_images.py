@@ -145,18 +145,6 @@ def test_frozen_copy_on_path_stops_instead_of_looping(built, tmp_path):
     assert not [p for p in report["binaries"].values() if p.startswith(b)], report["binaries"]
 
 
-def test_frozen_start_up_is_within_twice_the_source_shim(built):
-    """A cached call of the frozen shim costs at most 2x a cached call of the source shim."""
-    r = built.ws.run(["/usr/bin/python3", os.path.join(REPO, "bench", "frozen.py"), "--frozen",
-                      os.path.join(built.dist, "iptables-shim"), "--onefile",
-                      os.path.join(built.dist, "onefile", "iptables-shim"), "-n", "60", "--json"],
-                     what="bench/frozen.py -n 60")
-    results = json.loads(r.stdout.decode())
-    for label, figures in sorted(results.items()):
-        built.ws.log("bench %-28s %s" % (label, figures))
-    assert results["frozen shim iptables -V"]["ratio_to_source"] <= 2.0, results
-
-
 # -- in images ------------------------------------------------------------------------------------
 
 def test_image_without_python_runs_the_frozen_shim(built):
