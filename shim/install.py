@@ -12,18 +12,11 @@ import os
 import stat
 
 from shim.errors import ShimError
+from shim.facts.binaries import identity as _identity
 from shim.tools import CLI_NAME, SHIM_NAMES
 
 # Where the distribution's own binaries live. Never written, however reached (/sbin -> /usr/sbin).
 SYSTEM_DIRS = ("/usr/sbin", "/usr/bin", "/sbin", "/bin")
-
-
-def _identity(path):
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
 
 
 def plan(directory, target):

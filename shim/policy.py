@@ -79,8 +79,9 @@ def decide(facts):
                                       filled["hints"], facts.binaries)).backend)
         if len(answers) > 1:
             raise ShimError(
-                "could not read %s, and the choice of backend depends on it: give the shim "
-                "CAP_NET_ADMIN and netlink (as iptables itself needs), or set IPTABLES_SHIM_MODE=nft|legacy"
+                "could not read %s, and the choice of backend depends on it: `iptables-shim explain` "
+                "says why (a refused kernel probe and no *-save binary to ask instead); grant what "
+                "iptables itself needs (CAP_NET_ADMIN, netlink), or set IPTABLES_SHIM_MODE=nft|legacy"
                 % ", ".join("the %s of %s" % (kind, b) for kind, b in unread)
             )
     return _decide(facts)

@@ -203,6 +203,17 @@ def test_entry_rewritten_concurrently_never_misleads(netns, tmp_path):
 
 # --- netns recycled -------------------------------------------------------------------------------
 
+# The end of both seccomp helper scripts below: load the BPF program `prog` (no new privileges first,
+# as an unprivileged filter must), then exec the command under it.
+INSTALL_FILTER = r'''
+buf = ctypes.create_string_buffer(b"".join(prog))
+class Fprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+fp = Fprog(len(prog), ctypes.addressof(buf))
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.prctl(38, 1, 0, 0, 0) == 0
+assert libc.prctl(22, 2, ctypes.byref(fp), 0, 0) == 0, ctypes.get_errno()'''
+
 NO_COOKIE = r'''
 import ctypes, os, platform, struct, sys
 # A seccomp filter refusing getsockopt(..., SO_NETNS_COOKIE=71) with ENOPROTOOPT, as a kernel
@@ -214,15 +225,9 @@ def ins(code, jt, jf, k):
 prog = [ins(0x20, 0, 0, 4), ins(0x15, 0, 5, audit), ins(0x20, 0, 0, 0), ins(0x15, 0, 3, nr),
         ins(0x20, 0, 0, 32), ins(0x15, 0, 1, 71), ins(0x06, 0, 0, 0x00050000 | 92),
         ins(0x06, 0, 0, 0x7FFF0000)]
-buf = ctypes.create_string_buffer(b"".join(prog))
-class Fprog(ctypes.Structure):
-    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-fp = Fprog(len(prog), ctypes.addressof(buf))
-libc = ctypes.CDLL(None, use_errno=True)
-assert libc.prctl(38, 1, 0, 0, 0) == 0
-assert libc.prctl(22, 2, ctypes.byref(fp), 0, 0) == 0, ctypes.get_errno()
+%(install_filter)s
 os.execvp(sys.argv[1], sys.argv[1:])
-'''
+''' % {'install_filter': INSTALL_FILTER}
 
 
 @pytest.mark.slow
@@ -388,15 +393,9 @@ if cloexec_only:  # type (args[1]) & SOCK_CLOEXEC
     prog += [ins(0x20, 0, 0, 24), ins(0x45, 0, 1, 0o2000000), ERRNO, ALLOW]
 else:
     prog.append(ERRNO)
-buf = ctypes.create_string_buffer(b"".join(prog))
-class Fprog(ctypes.Structure):
-    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-fp = Fprog(len(prog), ctypes.addressof(buf))
-libc = ctypes.CDLL(None, use_errno=True)
-assert libc.prctl(38, 1, 0, 0, 0) == 0
-assert libc.prctl(22, 2, ctypes.byref(fp), 0, 0) == 0, ctypes.get_errno()
+%(install_filter)s
 os.execvp(sys.argv[3], sys.argv[3:])
-'''
+''' % {'install_filter': INSTALL_FILTER}
 
 AF_INET, AF_INET6, AF_NETLINK = 2, 10, 16
 

@@ -13,8 +13,8 @@ does not exist yet would create it and flip the next detection.
 """
 
 from shim.facts import legacy_kernel, nft_kernel
-from shim.facts.legacy_kernel import legacy_tables  # noqa: F401 (kept importable from here)
-from shim.facts.xtables import HINT_CHAINS, HINT_TABLE, XTABLES, Unavailable  # noqa: F401
+from shim.facts.legacy_kernel import legacy_tables
+from shim.facts.xtables import HINT_CHAINS, HINT_TABLE, XTABLES, Unavailable
 
 INCOMPATIBLE = ("# Table `", "' is incompatible")  # iptables-nft-save's line for an unreadable table
 KERNEL_PROBES = {"nft": (nft_kernel.probe, nft_kernel.SOURCE),
@@ -59,14 +59,14 @@ def parse_save(lines):
     return has_rules, has_hint
 
 
-def run_save(path):
-    """Lines a `*-save` binary prints, or None if it could not run."""
+def run_save(path, env=None):
+    """Lines a `*-save` binary prints on stdout, or None if it could not run or failed."""
     import subprocess
 
     try:
         proc = subprocess.run(
             [path], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            timeout=120, check=False,
+            env=env, timeout=120, check=False,
         )
     except (OSError, subprocess.SubprocessError):
         return None
