@@ -1,6 +1,8 @@
-"""Which network namespace this process is in: a cache key, and whether it is the initial one."""
+"""Which network namespace this process is in: a cache key, and whether it is the initial one.
 
-import os
+The key is read on every call: builtin modules only (posix, _socket), not os or socket."""
+
+import posix
 
 PROC_NET_INIT_INO = 0xEFFFFFF9  # inode of the initial network namespace (include/linux/proc_ns.h)
 SO_NETNS_COOKIE = 71  # Linux >= 5.14; a 64-bit id never reused during a boot
@@ -28,7 +30,7 @@ def netns_key():
 def netns_kind(proc="/proc"):
     """`host` for the initial network namespace, `pod` for any other, None if /proc cannot tell."""
     try:
-        ino = os.stat(os.path.join(proc, "self/ns/net")).st_ino
+        ino = posix.stat(proc + "/self/ns/net").st_ino
     except OSError:
         return None
     return "host" if ino == PROC_NET_INIT_INO else "pod"
