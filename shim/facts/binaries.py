@@ -1,7 +1,12 @@
-"""Which real iptables binaries are on PATH, never counting a shim, and which backend an alias runs."""
+"""Which real iptables binaries are on PATH, never counting a shim, and which backend an alias runs.
 
-import os
-import stat
+Searched on every call, cache hit included: builtin posix and plain strings here, not os and
+os.path, whose import costs about a millisecond of the call (issue 3). The --version probe, on the
+cold path only, imports subprocess (and os) when it runs.
+"""
+
+import posix
+import stat  # pure constants over the builtin _stat; imports nothing else
 
 NFT_MULTI = "xtables-nft-multi"
 LEGACY_MULTI = "xtables-legacy-multi"
@@ -15,7 +20,7 @@ REENTRY_MARKER = "IPTABLES_SHIM_CALLER"
 def identity(path):
     """(st_dev, st_ino) of what path leads to, symlinks followed; None if it cannot be read."""
     try:
-        st = os.stat(path)
+        st = posix.stat(path)
     except OSError:
         return None
     return st.st_dev, st.st_ino
@@ -28,11 +33,11 @@ def search_dirs(path_env):
     as /tmp), where any local user could have planted one. Missing and unreadable entries stay:
     nothing is found in them, as execvp finds nothing there."""
     dirs = []
-    for d in (path_env or "").split(os.pathsep):
+    for d in (path_env or "").split(":"):
         if not d.startswith("/"):
             continue
         try:
-            if os.stat(d).st_mode & stat.S_IWOTH:
+            if posix.stat(d).st_mode & stat.S_IWOTH:
                 continue
         except OSError:
             pass
@@ -40,8 +45,31 @@ def search_dirs(path_env):
     return dirs
 
 
-FROZEN_MARK = os.path.join("_internal", "iptables-shim.frozen")  # beside a frozen shim's executable
+FROZEN_MARK = "_internal/iptables-shim.frozen"  # beside a frozen shim's executable
 SHIM_MARK = b"from shim.main import main"  # the entry script's own line: found in a copy of it too
+
+
+def beside(path, name):
+    """`name` in the directory of `path` as written, as os.path.join(os.path.dirname(path), name);
+    an absolute name stays. The kernel resolves a symlinked directory and `..` in the result
+    physically when it is used, as os.path.realpath would."""
+    if name.startswith("/"):
+        return name
+    head, sep, _ = path.rpartition("/")
+    return head + sep + name
+
+
+def link_chain(path):
+    """[path, what it links to, what that links to, ...] up to the file that is no symlink (at most
+    40 links, the kernel's own limit)."""
+    chain = [path]
+    while len(chain) <= 40:
+        try:
+            target = posix.readlink(chain[-1])
+        except OSError:  # not a symlink (EINVAL), or gone
+            break
+        chain.append(beside(chain[-1], target))
+    return chain
 
 
 def is_shim_copy(path, st):
@@ -49,7 +77,11 @@ def is_shim_copy(path, st):
     file, which file identity cannot tell. Only small files are read: real binaries are large."""
     if st.st_size > 65536:
         # A frozen shim (packaging/build.sh) is a large executable: its tree carries a marker file.
-        return os.path.exists(os.path.join(os.path.dirname(os.path.realpath(path)), FROZEN_MARK))
+        try:
+            posix.stat(beside(link_chain(path)[-1], FROZEN_MARK))
+            return True
+        except OSError:
+            return False
     try:
         with open(path, "rb") as f:
             return SHIM_MARK in f.read(4096)
@@ -65,16 +97,16 @@ def find_on_path(names, path_env, shim_ids):
         for name in wanted:
             if name in found:
                 continue
-            path = os.path.join(directory, name)
+            path = directory.rstrip("/") + "/" + name
             try:
-                st = os.stat(path)
+                st = posix.stat(path)
             except OSError:
                 continue
             if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) in shim_ids or is_shim_copy(path, st):
                 continue
             if st.st_mode & stat.S_IWOTH:
                 continue  # a binary anyone may rewrite is not one root should run
-            if os.access(path, os.X_OK):
+            if posix.access(path, posix.X_OK):
                 found[name] = path
         if len(found) == len(wanted):
             break
@@ -83,21 +115,13 @@ def find_on_path(names, path_env, shim_ids):
 
 def backend_from_links(path):
     """The backend an alias runs, read from its symlink chain alone; None if the chain does not say."""
-    seen = 0
-    current = path
-    while seen < 40:
-        name = os.path.basename(current)
+    for current in link_chain(path):
+        name = current.rpartition("/")[2]
         for backend in ("nft", "legacy"):
             if name == "xtables-%s-multi" % backend or "-%s" % backend in name:
                 return backend
         if name == OLD_MULTI:
             return "legacy"
-        try:
-            target = os.readlink(current)
-        except OSError:
-            return None
-        current = os.path.join(os.path.dirname(current), target)
-        seen += 1
     return None
 
 
@@ -118,6 +142,7 @@ def parse_version(text):
 
 def backend_from_version(path, caller, timeout=5):
     """Run `path --version` (stdin /dev/null, output captured); the backend it names, or None."""
+    import os  # the cold path only; subprocess imports it anyway
     import subprocess
 
     env = dict(os.environ)
