@@ -1,6 +1,6 @@
 """The one place the shim hands over to a real binary."""
 
-import os
+import posix  # not os: its import costs about a millisecond of every call (issue 3)
 
 from shim.facts.binaries import REENTRY_MARKER
 
@@ -12,7 +12,7 @@ def exec_real(path, argv, caller=None):
     dispatch on; argv[1:] and stdin pass untouched. `caller` marks the environment when `path` could
     itself be a copy of the shim (a default alias), so that copy stops instead of looping."""
     if caller:
-        os.environ[REENTRY_MARKER] = caller
+        posix.putenv(REENTRY_MARKER, caller)  # the C environment, which execv passes on
     # Python ignores SIGPIPE and SIGXFSZ at startup, and an ignored signal stays ignored across
     # execv: `iptables-save | head -1` would exit 0 instead of dying of SIGPIPE (141) as it does
     # when called directly. Restore the defaults, as subprocess does for its children.
@@ -21,4 +21,6 @@ def exec_real(path, argv, caller=None):
     for name in ("SIGPIPE", "SIGXFSZ"):
         if hasattr(_signal, name):
             _signal.signal(getattr(_signal, name), _signal.SIG_DFL)
-    os.execv(path, [os.path.basename(path)] + list(argv[1:]))
+    # str arguments are encoded as Python decoded them (filesystem encoding, surrogateescape):
+    # argv reaches the real binary byte for byte.
+    posix.execv(path, [path.rpartition("/")[2]] + list(argv[1:]))

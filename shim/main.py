@@ -1,10 +1,12 @@
 """name -> facts -> decision -> exec, for one call of a shimmed name.
 
 The hot path (a cache hit) imports only this module, tools, cache, netns, binaries, policy and
-execute; the fact gathering in shim.resolve is imported on a miss only.
+execute; the fact gathering in shim.resolve is imported on a miss only. None of them imports os
+(nor posixpath, _collections_abc): that alone costs about a millisecond, more than the rest of a
+hit (issue 3). They use the builtin posix module and plain strings; the cold path uses os freely.
 """
 
-import os
+import posix
 import sys
 
 from shim import cache
@@ -79,9 +81,17 @@ def run_tool(name, argv, env, shim_path):
         raise ShimError("cannot execute %s: %s" % (path, e.strerror))
 
 
+def environment():
+    """The environment as str, decoded as os.environ decodes it (which would import os). A copy:
+    what the shim's children must see is set with posix.putenv (exec_real)."""
+    enc = sys.getfilesystemencoding()
+    return {k.decode(enc, "surrogateescape"): v.decode(enc, "surrogateescape")
+            for k, v in posix.environ.items()}
+
+
 def main(argv, shim_path):
     """Entry point of every name; returns an exit code only when nothing was executed."""
-    name = os.path.basename(argv[0])
+    name = argv[0].rpartition("/")[2]
     try:
         if name == CLI_NAME:
             from shim.cli import run
@@ -92,7 +102,7 @@ def main(argv, shim_path):
                 "called as %r, which is not a name the shim serves (%s)"
                 % (name, ", ".join(sorted(SHIM_NAMES)))
             )
-        return run_tool(name, argv, os.environ, shim_path)
+        return run_tool(name, argv, environment(), shim_path)
     except ShimError as e:
         sys.stderr.write("iptables-shim: %s\n" % e)
         return e.exit_code
