@@ -8,8 +8,6 @@ cold path only, imports subprocess (and os) when it runs.
 import posix
 import stat  # pure constants over the builtin _stat; imports nothing else
 
-NFT_MULTI = "xtables-nft-multi"
-LEGACY_MULTI = "xtables-legacy-multi"
 OLD_MULTI = "xtables-multi"  # iptables < 1.8, which had only the legacy backend
 
 # Set in the environment of anything the shim runs that could itself be a shim (an alias, a
