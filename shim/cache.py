@@ -10,8 +10,9 @@ about a millisecond, as much as the rest of the shim's own work on a hit (issue 
 import posix
 import stat  # pure constants over the builtin _stat; imports nothing else
 
+from shim.tools import BACKENDS
+
 DEFAULT_DIR = "/run/iptables-shim"  # tmpfs: cleared at reboot, like the rules it describes
-BACKENDS = ("nft", "legacy")
 MAX_ENTRY = 4096
 _OPEN_FLAGS = posix.O_RDONLY | posix.O_NOFOLLOW | posix.O_NONBLOCK | posix.O_CLOEXEC
 
