@@ -160,14 +160,20 @@ def test_probe_cost_does_not_grow_with_the_ruleset(netns, tmp_path):
     assert small_bytes <= large_bytes <= 3 * 8192, (small_bytes, large_bytes)
 
 
-def legacy_getsockopts(netns, tmp_path):
+def traced_legacy_probe(netns, tmp_path, syscalls):
+    """(what legacy_kernel.probe() printed, the strace log of `syscalls` it made) in the netns."""
     trace = tmp_path / "trace"
-    r = netns.run(["/usr/bin/strace", "-f", "-qq", "-e", "trace=getsockopt", "-o", str(trace),
+    r = netns.run(["/usr/bin/strace", "-f", "-qq", "-e", "trace=" + syscalls, "-o", str(trace),
                    "/usr/bin/python3", "-I", "-S", "-c",
                    "import sys; sys.path.insert(0, %r)\nfrom shim.facts import legacy_kernel\n"
                    "print(legacy_kernel.probe())" % REPO])
     assert r.returncode == 0, r.stderr.decode()
-    return r.stdout.decode().strip(), [l.split(", ")[2] for l in trace.read_text().splitlines()]
+    return r.stdout.decode().strip(), trace.read_text()
+
+
+def legacy_getsockopts(netns, tmp_path):
+    printed, trace = traced_legacy_probe(netns, tmp_path, "getsockopt")
+    return printed, [l.split(", ")[2] for l in trace.splitlines()]
 
 
 def test_legacy_rules_in_user_chains_only_show_in_the_table_figures(netns, tmp_path):
@@ -191,13 +197,9 @@ def test_legacy_table_whose_figures_fit_no_rules_is_read(netns, tmp_path):
 
 
 def test_no_legacy_table_means_no_socket_at_all(netns, tmp_path):
-    trace = tmp_path / "trace"
-    r = netns.run(["/usr/bin/strace", "-f", "-qq", "-e", "trace=socket,getsockopt", "-o", str(trace),
-                   "/usr/bin/python3", "-I", "-S", "-c",
-                   "import sys; sys.path.insert(0, %r)\nfrom shim.facts import legacy_kernel\n"
-                   "print(legacy_kernel.probe())" % REPO])
-    assert r.stdout.decode().strip() == "(False, False)", r.stderr
-    assert "SOCK_RAW" not in trace.read_text() and "getsockopt" not in trace.read_text()
+    printed, trace = traced_legacy_probe(netns, tmp_path, "socket,getsockopt")
+    assert printed == "(False, False)"
+    assert "SOCK_RAW" not in trace and "getsockopt" not in trace
 
 
 # --- nf_tables not loaded: not asked (asking would load the module) ---
