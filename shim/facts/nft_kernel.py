@@ -173,20 +173,27 @@ def refused(payload):
     return Unavailable("nf_tables refused the request: %s" % os.strerror(err))
 
 
-def xtables_tables(nl):
-    """{(family, name)} of the ip/ip6 tables named like iptables' that hold at least one chain."""
+def dump(nl, msg, family, attrs=b""):
+    """(type, payload) of each reply to one dump request, until NLMSG_DONE. ENOENT (no such
+    table) ends it empty: a missing table is an answer, not an error."""
     seq = nl.next_seq()
-    nl.send(request(NFT_MSG_GETTABLE, NLM_F_DUMP, seq, NFPROTO_UNSPEC))
-    tables = set()
+    nl.send(request(msg, NLM_F_DUMP, seq, family, attrs))
     for kind, got, payload in nl.replies():
         if got != seq:
             continue
         if kind == NLMSG_DONE:
-            return tables
+            return
         if kind == NLMSG_ERROR:
             if error_of(payload) == ENOENT:
-                return tables
+                return
             raise refused(payload)
+        yield kind, payload
+
+
+def xtables_tables(nl):
+    """{(family, name)} of the ip/ip6 tables named like iptables' that hold at least one chain."""
+    tables = set()
+    for kind, payload in dump(nl, NFT_MSG_GETTABLE, NFPROTO_UNSPEC):
         if kind != NEWTABLE or len(payload) < NFGENMSG_LEN:
             continue
         family = payload[0]
@@ -195,6 +202,7 @@ def xtables_tables(nl):
         use = attrs.get(NFTA_TABLE_USE)
         if family in FAMILIES and name in XTABLES and (use is None or int.from_bytes(use, "big")):
             tables.add((family, name))
+    return tables
 
 
 def has_hint(nl, tables):
@@ -227,19 +235,10 @@ def has_hint(nl, tables):
 def table_has_rule(nl, family, name):
     """Does one table hold a rule? A rule dump filtered by table: the first rule answers.
     (Kernels before the dump filter send every table's rules; those of other tables are skipped.)"""
-    seq = nl.next_seq()
-    nl.send(request(NFT_MSG_GETRULE, NLM_F_DUMP, seq, family, attr_str(NFTA_RULE_TABLE, name)))
-    for kind, got, payload in nl.replies():
-        if got != seq:
-            continue
-        if kind == NLMSG_DONE:
-            return False
-        if kind == NLMSG_ERROR:
-            if error_of(payload) == ENOENT:
-                return False
-            raise refused(payload)
+    for kind, payload in dump(nl, NFT_MSG_GETRULE, family, attr_str(NFTA_RULE_TABLE, name)):
         if kind == NEWRULE and text(attributes(payload).get(NFTA_RULE_TABLE, b"")) == name:
             return True
+    return False
 
 
 def probe(proc="/proc", sys_root="/sys", lib_modules="/lib/modules"):
