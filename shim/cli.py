@@ -18,7 +18,7 @@ USAGE = "usage: iptables-shim explain [--json] [--family iptables|ip6tables] | i
 def explain_report(family, env, shim_path):
     """Every fact, the decision and the step that made it, the cache entry: as plain data."""
     own = identity(shim_path)
-    decision, g = decide_here(family, env, {own} if own else set(), shim_path)
+    decision, g = decide_here(env, {own} if own else set(), shim_path)
     directory = cache.cache_dir(env)
     key = netns.netns_key()
     entry = cache.load(directory, key) if directory and key else None

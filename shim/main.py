@@ -18,7 +18,7 @@ from shim.policy import Decision, choose_binary, override
 from shim.tools import CLI_NAME, SHIM_NAMES, split_name, variant_name
 
 
-def decide_for_call(family, env, shim_ids, caller):
+def decide_for_call(env, shim_ids, caller):
     """(decision, found binaries or None, how, (directory, key) to store it in once a binary for it
     is found, or None): the override, the cache, or the facts."""
     if env.get("IPTABLES_SHIM_CONTEXT") not in (None, "", "host", "container"):
@@ -36,7 +36,7 @@ def decide_for_call(family, env, shim_ids, caller):
             return Decision(*entry), None, "cache hit %s/%s" % (directory, key), None
     from shim.resolve import decide_here  # the cold path: facts and probes
 
-    decision, gathered = decide_here(family, env, shim_ids, caller)
+    decision, gathered = decide_here(env, shim_ids, caller)
     if not key:
         return decision, gathered.found, "cache off" if not directory else "no netns key, not cached", None
     if not decision.grounded:
@@ -55,7 +55,7 @@ def run_tool(name, argv, env, shim_path):
         )
     own = identity(shim_path)
     shim_ids = {own} if own else set()
-    decision, found, how, store_in = decide_for_call(family, env, shim_ids, shim_path)
+    decision, found, how, store_in = decide_for_call(env, shim_ids, shim_path)
     wanted = variant_name(family, decision.backend, suffix)
     if found is None:
         found = find_on_path([wanted, name], env.get("PATH"), shim_ids)

@@ -16,9 +16,9 @@ class Gathered(object):
         self.__dict__.update(fields)
 
 
-def default_alias(family, found):
+def default_alias(found):
     """(name, path) of the default alias: `iptables`, else its -save, else its -restore, else the
-    same for ip6tables. One order for every tool of both families (whichever `family` calls), so
+    same for ip6tables. One order for every tool of both families (whichever family calls), so
     iptables and ip6tables agree in an empty netns even where an image's alternatives disagree
     between families: one decision per netns, as the cache (keyed by netns alone) assumes."""
     for fam in FAMILIES:
@@ -41,9 +41,9 @@ def context_fact(env, proc):
     return context.detect_context(proc)
 
 
-def gather(family, env, shim_ids, caller, proc="/proc"):
+def gather(env, shim_ids, caller, proc="/proc"):
     found = binaries.find_on_path(all_variant_names() + sorted(SHIM_NAMES), env.get("PATH"), shim_ids)
-    alias_name, alias_path = default_alias(family, found)
+    alias_name, alias_path = default_alias(found)
     if alias_path:
         alias_backend, alias_how = binaries.alias_backend(alias_path, caller)
     else:
@@ -71,6 +71,7 @@ def gather(family, env, shim_ids, caller, proc="/proc"):
     )
 
 
-def decide_here(family, env, shim_ids, caller, proc="/proc"):
-    gathered = gather(family, env, shim_ids, caller, proc)
+def decide_here(env, shim_ids, caller, proc="/proc"):
+    """The decision for this netns (one for both families and every tool), and the facts behind it."""
+    gathered = gather(env, shim_ids, caller, proc)
     return decide(gathered.facts), gathered
