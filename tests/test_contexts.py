@@ -15,6 +15,7 @@ namespaces and chroot (tests/rootfs.py).
 import json
 import os
 import subprocess
+import time
 
 import pytest
 
@@ -119,3 +120,39 @@ def test_node_agent_entering_named_host_netns_from_its_container(netns, make_net
     assert_only_in(hostnet, expected)
     assert landed(netns) == {"nft": [], "legacy": []}
     assert netns.snapshot() == pod_before
+
+
+# -- context when the roots of PID 1 and 2 cannot be read -------------------------------------------
+# Some security modules deny even root /proc/1/root (this machine does). A /proc stand-in made of
+# links to the real namespace files lets the same real inodes be seen with the roots unreadable.
+
+def fake_proc(tmp_path, mnt_ns_of):
+    proc = tmp_path / "proc"
+    (proc / "self" / "ns").mkdir(parents=True)
+    os.symlink("/proc/self/ns/pid", str(proc / "self" / "ns" / "pid"))
+    os.symlink("/proc/%s/ns/mnt" % mnt_ns_of, str(proc / "self" / "ns" / "mnt"))
+    return str(proc)
+
+
+def test_unreadable_roots_in_the_initial_mount_namespace_is_the_host(tmp_path):
+    from shim.facts.context import detect_context
+
+    assert detect_context(fake_proc(tmp_path, "self"))[0] == "host"
+
+
+def test_unreadable_roots_in_another_mount_namespace_lets_the_rules_decide(tmp_path):
+    """hostPID container or `ip netns exec`: not provably the host's filesystem, so `container`
+    (steps 3-5 decide from the netns's rules, right in both cases)."""
+    from shim.facts.context import detect_context
+
+    other = subprocess.Popen(["unshare", "-m", "sleep", "30"])
+    try:
+        deadline = time.monotonic() + 5
+        while os.readlink("/proc/%d/ns/mnt" % other.pid) == os.readlink("/proc/self/ns/mnt"):
+            assert time.monotonic() < deadline, "unshare -m never entered its mount namespace"
+            time.sleep(0.01)
+        context, why = detect_context(fake_proc(tmp_path, other.pid))
+    finally:
+        other.kill()
+        other.wait()
+    assert context == "container", why

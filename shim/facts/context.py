@@ -43,4 +43,8 @@ def detect_context(proc="/proc", root="/"):
         mnt_ns = None
     if mnt_ns == PROC_MNT_INIT_INO:
         return "host", "initial PID and mount namespaces"
-    return "host", "initial PID namespace; the roots of PID 1 and 2 cannot be read"
+    # A hostPID container and `ip netns exec` on the host look alike from here. Saying "container"
+    # lets the netns's rules and hints decide (steps 3-5), which is right in both; saying "host"
+    # would hand a container's call to its image's alias, the failure this project prevents.
+    return "container", ("initial PID namespace but not the initial mount namespace, and the roots "
+                         "of PID 1 and 2 cannot be read: not provably the host's filesystem")
