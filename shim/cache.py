@@ -13,7 +13,9 @@ import stat  # pure constants over the builtin _stat; imports nothing else
 from shim.tools import BACKENDS
 
 DEFAULT_DIR = "/run/iptables-shim"  # tmpfs: cleared at reboot, like the rules it describes
-MAX_ENTRY = 4096
+MAX_ENTRY = 4096  # bytes in one entry
+MAX_ENTRIES = 1024  # entries in the directory before the older half is pruned
+KEY_PREFIX = "cookie-"  # netns.netns_key(): the only entries this module deletes
 _OPEN_FLAGS = posix.O_RDONLY | posix.O_NOFOLLOW | posix.O_NONBLOCK | posix.O_CLOEXEC
 
 
@@ -102,10 +104,36 @@ def store(directory, key, backend, step, reason):
             posix.close(fd)
         # rename replaces a symlink or a bad file itself, never what a symlink points to.
         posix.rename(tmp, directory + "/" + key)
-        return True
     except OSError:
         try:
             posix.unlink(tmp)
         except OSError:
             pass
         return False
+    prune(directory)
+    return True
+
+
+def prune(directory, limit=MAX_ENTRIES):
+    """Past `limit` entries, delete the older half. A node that churns pods leaves one entry per
+    dead netns (cookies are never reused, so those are never read again); an entry deleted while
+    its netns lives costs that netns one cold decision, nothing more. Called after a store: the
+    cold path, once per netns."""
+    try:
+        names = [n for n in posix.listdir(directory) if n.startswith(KEY_PREFIX)]
+    except OSError:
+        return
+    if len(names) <= limit:
+        return
+    aged = []
+    for name in names:
+        try:
+            aged.append((posix.lstat(directory + "/" + name).st_mtime, name))
+        except OSError:
+            pass
+    aged.sort()
+    for _, name in aged[:len(aged) - limit // 2]:
+        try:
+            posix.unlink(directory + "/" + name)
+        except OSError:
+            pass

@@ -248,3 +248,30 @@ def test_override_is_never_cached_nor_blocked_by_an_entry(netns, cache_dir):
     assert add(netns, dict(env, IPTABLES_SHIM_MODE="legacy"), "192.0.2.3").returncode == 0
     assert holder(netns, "192.0.2.3") == ["legacy"]
     assert (cache_dir / key).read_bytes() == before
+
+
+def test_entries_of_dead_netns_are_pruned_past_the_limit(netns, cache_dir):
+    """A node churning pods leaves an entry per dead netns: past 1,024 entries the older half
+    goes, the new entry stays, and nothing but the shim's own entries is ever deleted."""
+    from shim.cache import KEY_PREFIX, MAX_ENTRIES
+
+    cache_dir.mkdir(mode=0o700)
+    old = [("cookie-%d" % (10 ** 9 + i)) for i in range(MAX_ENTRIES + 100)]
+    for i, name in enumerate(old):
+        path = cache_dir / name
+        path.write_bytes(b"legacy 5 legacy holds rules\n")
+        os.chmod(str(path), 0o600)
+        os.utime(str(path), (1000000 + i, 1000000 + i))  # oldest first
+    (cache_dir / "operator-notes").write_text("not the shim's")
+    legacy_netns(netns)
+    proc = add(netns, shim_env(cache_dir, **CONTAINER), "192.0.2.91")
+    assert proc.returncode == 0, proc.stderr
+    assert holder(netns, "192.0.2.91") == ["legacy"]
+    key = netns_key(netns)
+    assert key.startswith(KEY_PREFIX)  # the only names prune() deletes: the keys netns_key makes
+    left = cache_files(cache_dir)
+    assert key in left and "operator-notes" in left
+    entries = [n for n in left if n.startswith(KEY_PREFIX)]
+    assert len(entries) == MAX_ENTRIES // 2
+    assert set(entries) == set(old[-(MAX_ENTRIES // 2 - 1):]) | {key}  # the newest survive
+    assert_good_entry(cache_dir / key, "legacy")
