@@ -129,9 +129,11 @@ def run_install(rest, shim_path):
 
 
 def run(args, shim_path):
-    if not args or args[0] in ("-h", "--help", "help"):
+    if not args:
+        raise ShimError("a command is needed; %s" % USAGE)
+    if args[0] in ("-h", "--help", "help"):
         sys.stdout.write(USAGE + "\n")
-        return 0 if args else 2
+        return 0
     verb, rest = args[0], args[1:]
     if verb == "install":
         return run_install(rest, shim_path)

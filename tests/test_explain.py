@@ -90,7 +90,7 @@ def test_explain_reports_the_entry_a_call_cached_and_leaves_it(netns, cache_dir)
     assert entry.read_bytes() == written and cache_files(cache_dir) == [entry.name]
 
 
-@pytest.mark.parametrize("args", [["explian"], ["frobnicate", "--json"], ["explain", "--yaml"],
+@pytest.mark.parametrize("args", [[], ["explian"], ["frobnicate", "--json"], ["explain", "--yaml"],
                                   ["explain", "--json", "extra"], ["explain", "--family"],
                                   ["explain", "--family", "arptables"], ["explain", "-j"]])
 def test_unknown_verbs_and_arguments_are_one_line(netns, cache_dir, args):
