@@ -60,7 +60,7 @@ def readability_warnings(backend, g, env):
     import subprocess
 
     from shim.facts.binaries import REENTRY_MARKER
-    from shim.facts.rules import legacy_tables
+    from shim.facts.legacy_kernel import legacy_tables
 
     warnings = []
     for family in ("iptables", "ip6tables"):

@@ -59,14 +59,14 @@ def parse_save(lines):
     return has_rules, has_hint
 
 
-def run_save(path, env=None):
+def run_save(path):
     """Lines a `*-save` binary prints on stdout, or None if it could not run or failed."""
     import subprocess
 
     try:
         proc = subprocess.run(
             [path], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            env=env, timeout=120, check=False,
+            timeout=120, check=False,
         )
     except (OSError, subprocess.SubprocessError):
         return None
