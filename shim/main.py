@@ -15,13 +15,13 @@ from shim.execute import exec_real
 from shim.facts import netns
 from shim.facts.binaries import REENTRY_MARKER, alias_backend, find_on_path, identity
 from shim.policy import Decision, choose_binary, override
-from shim.tools import CLI_NAME, SHIM_NAMES, split_name, variant_name
+from shim.tools import CLI_NAME, CONTEXTS, SHIM_NAMES, split_name, variant_name
 
 
 def decide_for_call(env, shim_ids, caller):
     """(decision, found binaries or None, how, (directory, key) to store it in once a binary for it
     is found, or None): the override, the cache, or the facts."""
-    if env.get("IPTABLES_SHIM_CONTEXT") not in (None, "", "host", "container"):
+    if env.get("IPTABLES_SHIM_CONTEXT") and env["IPTABLES_SHIM_CONTEXT"] not in CONTEXTS:
         from shim.resolve import context_fact
 
         context_fact(env, None)  # its error for a bad value, on every call: before cache and probes

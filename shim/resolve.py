@@ -4,9 +4,7 @@ miss and by `iptables-shim explain`, so both see the same facts."""
 from shim.errors import ShimError
 from shim.facts import binaries, context, netns, rules
 from shim.policy import Facts, decide
-from shim.tools import BACKENDS, FAMILIES, SHIM_NAMES, TOOL_SUFFIXES, all_variant_names, variant_name
-
-CONTEXTS = ("host", "container")
+from shim.tools import BACKENDS, CONTEXTS, FAMILIES, SHIM_NAMES, TOOL_SUFFIXES, all_variant_names, variant_name
 
 
 class Gathered(object):

@@ -4,6 +4,8 @@ NFT = "nft"
 LEGACY = "legacy"
 BACKENDS = (NFT, LEGACY)
 
+CONTEXTS = ("host", "container")  # values of the context fact and of IPTABLES_SHIM_CONTEXT
+
 FAMILIES = ("iptables", "ip6tables")
 TOOL_SUFFIXES = ("", "-save", "-restore")
 
