@@ -15,29 +15,8 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-
-def spawn_times(argv, env, n):
-    """Wall-clock seconds of n runs of argv, output discarded."""
-    devnull = os.open(os.devnull, os.O_RDWR)
-    actions = [(os.POSIX_SPAWN_DUP2, devnull, 0), (os.POSIX_SPAWN_DUP2, devnull, 1),
-               (os.POSIX_SPAWN_DUP2, devnull, 2)]
-    times = []
-    try:
-        for _ in range(n):
-            t0 = time.perf_counter()
-            pid = os.posix_spawn(argv[0], argv, env, file_actions=actions)
-            _, status = os.waitpid(pid, 0)
-            times.append(time.perf_counter() - t0)
-            if os.waitstatus_to_exitcode(status) != 0:
-                raise SystemExit("bench: %s exited %d" % (argv, os.waitstatus_to_exitcode(status)))
-    finally:
-        os.close(devnull)
-    return times
+from run import REPO, SYSTEM_PATH, spawn_time  # bench/ is sys.path[0]: one way to time a command
 
 
 def summary(times):
@@ -63,14 +42,15 @@ def measure(frozen, onefile, n):
             cache = os.path.join(tmp, str(i))
             os.mkdir(cache, 0o700)
             env = {"PATH": (bindir + ":" if bindir else "") + SYSTEM_PATH, "IPTABLES_SHIM_CACHE_DIR": cache}
-            spawn_times(argv, env, 3)  # warm: page cache and the shim's per-netns entry
+            for _ in range(3):  # warm: page cache and the shim's per-netns entry
+                spawn_time(argv, env)
             if bindir and not os.listdir(cache):
                 raise SystemExit("bench: %s wrote no cache entry; not a cache-hit measurement" % label)
             envs.append(env)
         # Interleaved, one run of each in turn: load from elsewhere hits every case alike.
         for _ in range(n):
             for (label, argv, _), env in zip(cases, envs):
-                times[label] += spawn_times(argv, env, 1)
+                times[label].append(spawn_time(argv, env))
     results = {label: summary(times[label]) for label, _, _ in cases}
     src = results["source shim iptables -V"]["median_ms"]
     for label in ("frozen shim iptables -V", "onefile shim iptables -V"):
