@@ -20,7 +20,7 @@ import os
 
 from _struct import Struct  # what `struct` re-exports, without that module's own import
 
-from shim.facts.xtables import HINT_CHAINS, HINT_TABLE, XTABLES, FamilyState, Unavailable
+from shim.facts.xtables import HINT_CHAINS, HINT_TABLE, XTABLES, FamilyState, Unavailable, WouldLoadModule
 
 SOURCE = "kernel (nf_tables netlink)"
 
