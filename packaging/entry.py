@@ -30,4 +30,7 @@ if getattr(sys, "frozen", False):
 
 from shim.main import main  # noqa: E402
 
-sys.exit(main(sys.argv, sys.executable if getattr(sys, "frozen", False) else __file__))
+if getattr(sys, "frozen", False):
+    # The tree's own iptables-shim.conf (README "Configuration"): an image carries its settings.
+    sys.exit(main(sys.argv, sys.executable, tree=os.path.dirname(os.path.realpath(sys.executable))))
+sys.exit(main(sys.argv, __file__))

@@ -4,7 +4,8 @@ Never a path to execute. Trusted only when it and its directory are what this us
 written; anything else is ignored and, for entries, replaced.
 
 Read on every call (a cache hit), so it uses the builtin posix module, not os: importing os costs
-about a millisecond, as much as the rest of the shim's own work on a hit (issue 3).
+about a millisecond, as much as the rest of the shim's own work on a hit (tests/test_hot_path.py).
+What is stored, and why only that: README "Cache".
 """
 
 import posix
@@ -15,15 +16,16 @@ from shim.tools import BACKENDS
 DEFAULT_DIR = "/run/iptables-shim"  # tmpfs: cleared at reboot, like the rules it describes
 MAX_ENTRY = 4096  # bytes in one entry
 MAX_ENTRIES = 1024  # entries in the directory before the older half is pruned
-KEY_PREFIX = "cookie-"  # netns.netns_key(): the only entries this module deletes
+KEY_PREFIXES = ("cookie-", "netns-ino-")  # netns.netns_key(), netns.inode_key(): the only entries pruned
 _OPEN_FLAGS = posix.O_RDONLY | posix.O_NOFOLLOW | posix.O_NONBLOCK | posix.O_CLOEXEC
 
 
-def cache_dir(env):
-    """The cache directory for this environment, or None when the cache is off."""
-    if env.get("IPTABLES_SHIM_CACHE", "").lower() == "off":
+def cache_dir(cache_setting, dir_setting):
+    """The cache directory (IPTABLES_SHIM_CACHE_DIR or the default), or None when
+    IPTABLES_SHIM_CACHE=off."""
+    if cache_setting == "off":
         return None
-    return env.get("IPTABLES_SHIM_CACHE_DIR") or DEFAULT_DIR
+    return dir_setting or DEFAULT_DIR
 
 
 def _trusted(st, want_dir):
@@ -120,7 +122,7 @@ def prune(directory, limit=MAX_ENTRIES):
     its netns lives costs that netns one cold decision, nothing more. Called after a store: the
     cold path, once per netns."""
     try:
-        names = [n for n in posix.listdir(directory) if n.startswith(KEY_PREFIX)]
+        names = [n for n in posix.listdir(directory) if n.startswith(KEY_PREFIXES)]
     except OSError:
         return
     if len(names) <= limit:

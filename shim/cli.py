@@ -1,50 +1,54 @@
-"""`iptables-shim`: the shim's own command, for people and tools asking why."""
+"""`iptables-shim`: the shim's own command, for people and tools asking why.
 
-import json
-import os
+Every verb works on Debian's python3-minimal (no `json` module: shim.jsontext) or says in one
+`iptables-shim:` line what it lacks."""
+
 import sys
 
-from shim import cache
 from shim.errors import ShimError
-from shim.facts import netns
-from shim.facts.binaries import identity
-from shim.policy import choose_binary
-from shim.resolve import decide_here
-from shim.tools import BACKENDS, variant_name
+from shim.tools import BACKENDS
 
-USAGE = "usage: iptables-shim explain [--json] [--family iptables|ip6tables] | install DIR"
+USAGE = ("usage: iptables-shim explain [--json] [--family iptables|ip6tables] | doctor [--json] "
+         "[--prometheus FILE] [--netns PATH]... | install DIR|--alternatives | uninstall DIR|--alternatives")
 
 
-def explain_report(family, env, shim_path):
-    """Every fact, the decision and the step that made it, the cache entry: as plain data."""
-    own = identity(shim_path)
-    decision, g = decide_here(env, {own} if own else set(), shim_path)
-    directory = cache.cache_dir(env)
-    key = netns.netns_key()
-    entry = cache.load(directory, key) if directory and key else None
-    wanted = variant_name(family, decision.backend, "")
-    try:
-        binary = choose_binary(decision, wanted, g.found.get(wanted), g.found.get(family),
-                               g.facts.alias_backend if g.alias_name == family else None)
-    except ShimError as e:
-        binary = "error: %s" % e
+def environment():
+    from shim.main import environment as read
+
+    return read()
+
+
+def explain_report(family, environ, shim_path, tree=None):
+    """Every fact, the decision and the step that made it, the cache entry: as plain data. From
+    the one resolution a call of `family` makes (shim.resolve), with every fact gathered."""
+    from shim.config import MODE, load_settings
+    from shim.resolve import resolve
+
+    settings = load_settings(environ, tree)
+    settings["PATH"] = environ.get("PATH")
+    r = resolve(family, settings, shim_path, consult_cache=False, gather_all=True)
+    c = r.caller
+    d = r.decision
     return {
         "family": family,
         "shim": shim_path,
-        "path": g.path_dirs,
-        "binaries": g.found,
-        "default_alias": {"name": g.alias_name, "path": g.alias_path,
-                          "backend": g.facts.alias_backend, "how": g.alias_how},
-        "context": {"value": g.facts.context, "why": g.context_why},
-        "netns": {"kind": g.netns_kind, "key": key},
-        "backends": {b: g.states[b].as_dict() for b in BACKENDS},
-        "mode_override": g.facts.mode,
-        "decision": {"backend": decision.backend, "step": decision.step, "reason": decision.reason,
-                     "cacheable": decision.grounded},
-        "runs": binary,
-        "warnings": readability_warnings(decision.backend, g, env),
-        "cache": {"dir": directory, "entry": None if entry is None else
-                  {"backend": entry[0], "step": entry[1], "reason": entry[2]}},
+        "path": r.path_dirs or [],
+        "binaries": r.found or {},
+        "default_alias": {"name": c.alias_name if c else None, "path": c.alias_path if c else None,
+                          "backend": c.alias_backend if c else None, "how": c.alias_how if c else None},
+        "context": {"value": c.context if c else None, "why": c.context_why if c else None},
+        "privilege": {"net_admin": c.privileged if c else None, "why": c.privilege_why if c else None},
+        "kernel_support": {b: {"value": (c.support or {}).get(b), "why": (c.support_why or {}).get(b)}
+                           for b in BACKENDS} if c else {},
+        "netns": {"kind": r.netns_kind, "key": r.cache_key},
+        "backends": {b: r.states[b].as_dict() for b in BACKENDS} if r.states else {},
+        "mode_override": settings.get(MODE),
+        "decision": None if d is None else {"backend": d.backend, "step": d.step, "reason": d.reason,
+                                            "cacheable": d.cacheable, "source": r.source},
+        "runs": r.binary if r.binary else "error: %s" % r.error,
+        "warnings": readability_warnings(d.backend, r, environ) if d else [],
+        "cache": {"dir": r.cache_dir, "entry": None if r.cached is None else
+                  {"backend": r.cached[0], "step": r.cached[1], "reason": r.cached[2]}},
     }
 
 
@@ -54,25 +58,24 @@ def explain_report(family, env, shim_path):
 UNREADABLE = ("is incompatible", "[unsupported revision]")
 
 
-def readability_warnings(backend, g, env):
+def readability_warnings(backend, r, environ):
     """Run the chosen backend's save binaries (explain only: never on a call's path) and report
-    what they cannot read in this netns. Legacy is read only where its tables already exist."""
+    what they cannot read in this netns. Legacy is read only where its tables already exist, nft
+    only where nf_tables is known to be there (a *-save binary loads modules)."""
     import subprocess
 
     from shim.facts.binaries import REENTRY_MARKER
-    from shim.facts.legacy_kernel import legacy_tables
+    from shim.facts.rules import trace
+    from shim.gather import save_binaries
 
+    if trace(backend) is not True:
+        return []
     warnings = []
-    for family in ("iptables", "ip6tables"):
-        if backend == "legacy" and not legacy_tables(family):
-            continue
-        name = variant_name(family, backend, "-save")
-        path = g.found.get(name)
-        if not path and g.alias_name and g.facts.alias_backend == backend:
-            path, name = g.found.get(family + "-save"), family + "-save"
+    alias_backend = r.caller.alias_backend if r.caller else None
+    for family, path in sorted(save_binaries(backend, r.found or {}, alias_backend).items()):
         if not path:
             continue
-        run_env = dict(env)
+        run_env = dict(environ)
         run_env[REENTRY_MARKER] = "iptables-shim explain"
         try:
             proc = subprocess.run([path], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -93,16 +96,21 @@ def readability_warnings(backend, g, env):
 
 
 def format_text(r):
+    d = r["decision"]
     lines = [
-        "decision:      %s (step %d: %s)" % (r["decision"]["backend"], r["decision"]["step"],
-                                             r["decision"]["reason"]),
+        "decision:      %s" % ("%s (step %d: %s)" % (d["backend"], d["step"], d["reason"]) if d else "none"),
         "runs:          %s" % r["runs"],
         "context:       %s (%s)" % (r["context"]["value"], r["context"]["why"]),
+        "privilege:     %s (%s)" % ({True: "yes", False: "no", None: "unknown"}[r["privilege"]["net_admin"]],
+                                    r["privilege"]["why"]),
         "netns:         %s (%s)" % (r["netns"]["kind"], r["netns"]["key"]),
     ]
     for b in BACKENDS:
-        s = r["backends"][b]
-        lines.append("%-14s rules=%s hint=%s (from %s)" % (b + ":", s["rules"], s["hint"], s["source"]))
+        s = r["backends"].get(b)
+        k = r["kernel_support"].get(b) or {}
+        if s:
+            lines.append("%-14s rules=%s hint=%s (from %s)" % (b + ":", s["rules"], s["hint"], s["source"]))
+        lines.append("%-14s kernel support %s (%s)" % ("", k.get("value") or "unknown", k.get("why") or "not read"))
     a = r["default_alias"]
     lines.append("default alias: %s" % ("%s -> %s (by %s)" % (a["path"], a["backend"], a["how"])
                                         if a["path"] else "none on PATH"))
@@ -119,26 +127,45 @@ def format_text(r):
 
 
 def run_install(rest, shim_path):
-    from shim.install import install
+    """install DIR | --alternatives: one line per name or group, saying what was done."""
+    from shim import install
 
+    if rest == ["--alternatives"]:
+        for group, path, action in install.install_alternatives(shim_path):
+            sys.stdout.write("%s alternative: %s (%s)\n" % (group, path, action))
+        return 0
     if len(rest) != 1 or rest[0].startswith("-"):
-        raise ShimError("install takes one directory, such as /usr/local/sbin; %s" % USAGE)
-    for name, path, action in install(rest[0], shim_path):
+        raise ShimError("install takes one directory, such as /usr/local/sbin, or --alternatives; %s" % USAGE)
+    for name, path, action in install.install(rest[0], shim_path):
         sys.stdout.write("%s: %s\n" % (path, "link created" if action == "create" else "already this shim"))
     return 0
 
 
-def run(args, shim_path):
-    if not args:
-        raise ShimError("a command is needed; %s" % USAGE)
-    if args[0] in ("-h", "--help", "help"):
-        sys.stdout.write(USAGE + "\n")
+def run_uninstall(rest, shim_path):
+    """uninstall DIR | --alternatives: undo what the same install did, and nothing else."""
+    from shim import install
+
+    if rest == ["--alternatives"]:
+        done = install.uninstall_alternatives(shim_path)
+        for group, value, action in done:
+            sys.stdout.write("%s alternative: %s (%s)\n" % (group, value, action))
+        if not done:
+            sys.stdout.write("alternatives: the shim is not installed there; nothing to undo\n")
         return 0
-    verb, rest = args[0], args[1:]
-    if verb == "install":
-        return run_install(rest, shim_path)
-    if verb != "explain":
-        raise ShimError("unknown command %r; %s" % (verb, USAGE))
+    if len(rest) != 1 or rest[0].startswith("-"):
+        raise ShimError("uninstall takes the directory given to install, or --alternatives; %s" % USAGE)
+    done = install.uninstall(rest[0], shim_path)
+    for name, path, action in done:
+        if action == "removed":
+            sys.stdout.write("%s: link removed\n" % path)
+    if not any(action == "removed" for _, _, action in done):
+        sys.stdout.write("%s: no link of this shim there; nothing to undo\n" % rest[0])
+    return 0
+
+
+def run_explain(rest, shim_path, tree):
+    from shim.jsontext import dumps
+
     as_json = "--json" in rest
     family = "iptables"
     unknown = [a for a in rest if a != "--json"]
@@ -146,6 +173,38 @@ def run(args, shim_path):
         family, unknown = unknown[1], []
     if unknown:
         raise ShimError("unexpected argument %r; %s" % (unknown[0], USAGE))
-    report = explain_report(family, os.environ, shim_path)
-    sys.stdout.write(json.dumps(report, indent=2, sort_keys=True) + "\n" if as_json else format_text(report))
+    report = explain_report(family, environment(), shim_path, tree)
+    sys.stdout.write(dumps(report) + "\n" if as_json else format_text(report))
     return 0
+
+
+def run_doctor(rest, shim_path, tree):
+    try:
+        from shim import doctor
+    except ImportError as e:
+        raise ShimError("doctor cannot run here: %s" % e)
+    return doctor.run(rest, shim_path)
+
+
+VERBS = {
+    "explain": run_explain,
+    "doctor": run_doctor,
+    "install": lambda rest, shim_path, tree: run_install(rest, shim_path),
+    "uninstall": lambda rest, shim_path, tree: run_uninstall(rest, shim_path),
+}
+
+
+def run(args, shim_path, tree=None):
+    if not args:
+        raise ShimError("a command is needed; %s" % USAGE)
+    if args[0] in ("-h", "--help", "help"):
+        sys.stdout.write(USAGE + "\n")
+        return 0
+    verb = VERBS.get(args[0])
+    if verb is None:
+        raise ShimError("unknown command %r; %s" % (args[0], USAGE))
+    try:
+        return verb(args[1:], shim_path, tree)
+    except ImportError as e:  # python3-minimal: a module this verb needs is not installed
+        raise ShimError("%s needs the Python module %r, which this Python lacks (Debian: install "
+                        "python3, not only python3-minimal)" % (args[0], e.name))

@@ -1,17 +1,53 @@
-"""The cold path: gather every fact for this netns and ask the policy. Used by calls on a cache
-miss and by `iptables-shim explain`, so both see the same facts."""
+"""One resolution of a call: the facts, the decision, the binary to run and what to cache.
 
+Every shimmed name, `iptables-shim explain` and `iptables-shim doctor` resolve through resolve();
+there is no second route to an answer. In the order that costs least:
+
+1. the override (IPTABLES_SHIM_MODE, from the environment or the configuration file);
+2. the caller's own facts, read on every call in a few system calls: its context, its privilege,
+   the default alias on its PATH and the kernel's support for the alias's backend. They answer
+   alone where the policy needs nothing else (no privilege: step 0; host context: step 2), which is
+   why those answers are never cached: they belong to the caller, not the netns (README "Cache");
+3. the per-netns cache, which holds only the answers of steps 3-5 (the netns's own rules and hints);
+4. the cold path (shim.gather): every fact, kernel probes included, then the policy.
+
+On a cache hit this module and what it imports use the builtin posix module only
+(tests/test_hot_path.py).
+"""
+
+from shim import cache
+from shim.config import CACHE, CACHE_DIR, CONTEXT, MODE
 from shim.errors import ShimError
-from shim.facts import binaries, context, netns, rules
-from shim.policy import Facts, decide
-from shim.tools import BACKENDS, CONTEXTS, FAMILIES, SHIM_NAMES, TOOL_SUFFIXES, all_variant_names, variant_name
+from shim.facts import netns
+from shim.facts.binaries import alias_backend, backend_from_links, find_on_path, identity
+from shim.policy import CACHEABLE_STEPS, Decision, Facts, Undecided, choose_binary, decide, override
+from shim.tools import BACKENDS, FAMILIES, TOOL_SUFFIXES, split_name, variant_name
+
+ALIAS_ORDER = tuple(family + suffix for family in FAMILIES for suffix in TOOL_SUFFIXES)
+UNREAD = {"nft": None, "legacy": None}
 
 
-class Gathered(object):
-    """The facts the policy reads, plus what explain reports about where they came from."""
+class CallerFacts(object):
+    """The facts that belong to the caller rather than the netns."""
 
-    def __init__(self, **fields):
-        self.__dict__.update(fields)
+    __slots__ = ("context", "context_why", "privileged", "privilege_why", "alias_name", "alias_path",
+                 "alias_backend", "alias_how", "support", "support_why")
+
+    def __init__(self, **values):
+        for name in self.__slots__:
+            setattr(self, name, values.get(name))
+
+
+class Resolution(object):
+    """The answer to one call, and how it was reached."""
+
+    __slots__ = ("name", "decision", "binary", "error", "source", "caller", "facts", "states",
+                 "found", "netns_kind", "path_dirs", "cache_dir", "cache_key", "cached", "store", "how")
+
+    def __init__(self, name):
+        for field in self.__slots__:
+            setattr(self, field, None)
+        self.name = name
 
 
 def default_alias(found):
@@ -19,57 +55,172 @@ def default_alias(found):
     same for ip6tables. One order for every tool of both families (whichever family calls), so
     iptables and ip6tables agree in an empty netns even where an image's alternatives disagree
     between families: one decision per netns, as the cache (keyed by netns alone) assumes."""
-    for fam in FAMILIES:
-        for suffix in TOOL_SUFFIXES:
-            name = fam + suffix
-            if name in found:
-                return name, found[name]
+    for name in ALIAS_ORDER:
+        if name in found:
+            return name, found[name]
     return None, None
 
 
-def context_fact(env, proc):
-    forced = env.get("IPTABLES_SHIM_CONTEXT")
-    if forced:
-        if forced not in CONTEXTS:
-            raise ShimError(
-                "IPTABLES_SHIM_CONTEXT=%r is not a context: set it to host or container, or unset it"
-                % forced
-            )
-        return forced, "IPTABLES_SHIM_CONTEXT=%s" % forced
-    return context.detect_context(proc)
-
-
-def gather(env, shim_ids, caller, proc="/proc"):
-    found = binaries.find_on_path(all_variant_names() + sorted(SHIM_NAMES), env.get("PATH"), shim_ids)
-    alias_name, alias_path = default_alias(found)
-    if alias_path:
-        alias_backend, alias_how = binaries.alias_backend(alias_path, caller)
-    else:
-        alias_backend, alias_how = None, "absent"
-    ctx, ctx_why = context_fact(env, proc)
-    states = {}
+def kernel_support(proc):
+    """({backend: "loaded"|"loadable"|"absent"|None}, {backend: why}) without loading anything."""
+    try:
+        from shim.facts import kernel_support as ks
+    except ImportError:
+        return {}, {}
+    support, why = {}, {}
     for backend in BACKENDS:
-        save_paths = {f: found.get(variant_name(f, backend, "-save")) for f in FAMILIES}
-        states[backend] = rules.backend_state(backend, save_paths, proc)  # kernel, else *-save
-    present = {
-        b: any(variant_name(f, b, s) in found for f in FAMILIES for s in TOOL_SUFFIXES) for b in BACKENDS
-    }
-    facts = Facts(
-        context=ctx,
-        alias_backend=alias_backend,
-        rules={b: states[b].rules for b in BACKENDS},
-        hints={b: states[b].hint for b in BACKENDS},
-        binaries=present,
-        mode=env.get("IPTABLES_SHIM_MODE") or None,
-    )
-    return Gathered(
-        facts=facts, found=found, alias_name=alias_name, alias_path=alias_path, alias_how=alias_how,
-        context_why=ctx_why, states=states, netns_kind=netns.netns_kind(proc),
-        path_dirs=binaries.search_dirs(env.get("PATH")),
-    )
+        fact = ks.support(backend, proc=proc)
+        support[backend], why[backend] = fact.value, fact.why
+    return support, why
 
 
-def decide_here(env, shim_ids, caller, proc="/proc"):
-    """The decision for this netns (one for both families and every tool), and the facts behind it."""
-    gathered = gather(env, shim_ids, caller, proc)
-    return decide(gathered.facts), gathered
+def caller_facts(settings, found, shim_path, proc, need_alias_backend):
+    from shim.facts import context, privilege
+
+    forced = settings.get(CONTEXT)
+    if forced:
+        ctx, ctx_why = forced, "%s=%s" % (CONTEXT, forced)
+    else:
+        ctx, ctx_why = context.detect_context(proc)
+    privileged, privilege_why = privilege.net_admin(proc)
+    alias_name, alias_path = default_alias(found)
+    backend, how = None, "absent"
+    if alias_path:
+        backend, how = backend_from_links(alias_path), "symlink chain"
+        if not backend and need_alias_backend:
+            backend, how = alias_backend(alias_path, shim_path)  # runs `--version`: a process
+        elif not backend:
+            how = "not read"
+    support, support_why = {}, {}
+    if alias_path and (need_alias_backend or ctx == "host" or privileged is False):
+        support, support_why = kernel_support(proc)
+    return CallerFacts(context=ctx, context_why=ctx_why, privileged=privileged, privilege_why=privilege_why,
+                       alias_name=alias_name, alias_path=alias_path, alias_backend=backend, alias_how=how,
+                       support=support, support_why=support_why)
+
+
+def answers_alone(caller):
+    """The decision the caller's own facts give whatever the netns holds (step 0 or 2), or None."""
+    if caller.alias_backend is None or not (caller.context == "host" or caller.privileged is False):
+        return None
+    facts = Facts(caller.context, caller.alias_backend, dict(UNREAD), dict(UNREAD),
+                  {b: caller.alias_backend == b for b in BACKENDS}, privileged=caller.privileged,
+                  support=caller.support)
+    try:
+        return decide(facts)
+    except ShimError:  # Undecided: the netns's facts are needed
+        return None
+
+
+def resolve(name, settings, shim_path, consult_cache=True, gather_all=False, proc="/proc"):
+    """The Resolution of `name` (one of the six shimmed names) for this caller in this netns.
+    `settings`: shim.config.load_settings() plus PATH. consult_cache=False: decide afresh (the
+    entry is still read, into .cached). gather_all: every fact, even where fewer would answer
+    (explain, doctor); the decision is the same."""
+    r = Resolution(name)
+    family, suffix = split_name(name)
+    path_env = settings.get("PATH")
+    own = identity(shim_path)
+    shim_ids = {own} if own else set()
+    r.cache_dir = cache.cache_dir(settings.get(CACHE), settings.get(CACHE_DIR))
+    r.cache_key = netns.netns_key() if r.cache_dir else None
+    if r.cache_key and r.cache_dir:
+        r.cached = cache.load(r.cache_dir, r.cache_key)
+    variants = [variant_name(family, b, suffix) for b in BACKENDS]
+    try:
+        mode = settings.get(MODE)
+        if mode and not gather_all:
+            r.decision, r.source, r.how = override(mode), "override", "override, not cached"
+            r.found = find_on_path([variant_name(family, mode, suffix), name], path_env, shim_ids)
+            _choose(r, family, suffix, shim_path)
+            return r
+        r.found = find_on_path(list(ALIAS_ORDER) + variants, path_env, shim_ids)
+        r.caller = caller_facts(settings, r.found, shim_path, proc, need_alias_backend=gather_all)
+        if not gather_all:
+            decision = answers_alone(r.caller)
+            if decision is None and r.caller.alias_path and r.caller.alias_backend is None and (
+                    r.caller.context == "host" or r.caller.privileged is False):
+                r.caller = caller_facts(settings, r.found, shim_path, proc, need_alias_backend=True)
+                decision = answers_alone(r.caller)
+            if decision is not None:
+                r.decision, r.source = decision, "caller"
+                r.how = "answered by the caller's own facts, not cached"
+                _choose(r, family, suffix, shim_path)
+                return r
+            if consult_cache and r.cached and r.cached[1] in CACHEABLE_STEPS:
+                r.decision, r.source = Decision(*r.cached), "cache"
+                r.how = "cache hit %s/%s" % (r.cache_dir, r.cache_key)
+                _choose(r, family, suffix, shim_path)
+                return r
+            if r.caller.alias_path and r.caller.alias_backend is None:
+                r.caller = caller_facts(settings, r.found, shim_path, proc, need_alias_backend=True)
+        if not r.caller.support:
+            r.caller.support, r.caller.support_why = kernel_support(proc)
+        from shim.gather import gather  # the cold path: probes
+
+        g = gather(r.caller, path_env, shim_ids, proc)
+        r.facts, r.states, r.found = g.facts, g.states, g.found
+        r.netns_kind, r.path_dirs = g.netns_kind, g.path_dirs
+        r.facts.mode = mode or None
+        r.decision, r.source = decide(r.facts), "facts"
+        if not r.decision.cacheable and r.decision.step >= 6 and r.cache_dir and not r.cache_key:
+            remembered = _remembered(r, proc)
+            if remembered:
+                r.decision, r.source = remembered, "memory"
+        _choose(r, family, suffix, shim_path)
+        r.store = _what_to_store(r)
+    except ShimError as e:
+        r.error = str(e)
+        r.binary = None
+    return r
+
+
+def _choose(r, family, suffix, shim_path):
+    """The binary for r.decision (ShimError when it is not on PATH)."""
+    name = family + suffix
+    wanted = variant_name(family, r.decision.backend, suffix)
+    alias_path = r.found.get(name)
+    backend_of_alias = None
+    if alias_path and not r.found.get(wanted):
+        if r.caller and r.caller.alias_path == alias_path and r.caller.alias_backend:
+            backend_of_alias = r.caller.alias_backend
+        else:
+            backend_of_alias = alias_backend(alias_path, shim_path)[0]
+    r.binary = choose_binary(r.decision, wanted, r.found.get(wanted), alias_path, backend_of_alias)
+
+
+def _what_to_store(r):
+    """(directory, key) to store r.decision under once its binary runs, or None; sets r.how."""
+    if r.source == "memory":
+        r.how = "no rules now; remembered from %s/%s" % (r.cache_dir, netns.inode_key())
+        return None
+    if not r.cache_dir:
+        r.how = "cache off"
+        return None
+    if not r.decision.cacheable:
+        r.how = "step %d rests on the caller or on no rule: re-decided next call" % r.decision.step
+        return None
+    key = r.cache_key or netns.inode_key()
+    if not key:
+        r.how = "no netns key, not cached"
+        return None
+    r.how = "to be cached in %s/%s" % (r.cache_dir, key)
+    return r.cache_dir, key
+
+
+def _remembered(r, proc):
+    """On a kernel without the netns cookie (Linux < 5.14): the decision stored under this netns's
+    inode, trusted only while the netns still shows the trace of that backend (its xtables tables,
+    emptied or not), which a new netns that reuses the inode never has from us. Used only when no
+    backend holds a rule or hint now (the caller reached step 6 or 7): then it keeps a flushed
+    ruleset in its backend (`iptables-save > f; iptables -F; iptables -X; iptables-restore < f`).
+    README "Kernels without a netns cookie"."""
+    from shim.facts.rules import trace
+
+    key = netns.inode_key()
+    entry = cache.load(r.cache_dir, key) if key else None
+    if not entry or entry[1] not in CACHEABLE_STEPS:
+        return None
+    if trace(entry[0], proc) is not True:
+        return None
+    return Decision(entry[0], entry[1], "%s (remembered: no rules now, its emptied tables remain)" % entry[2])

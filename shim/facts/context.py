@@ -1,24 +1,25 @@
 """Host or container: do the binaries on PATH belong to the host's own filesystem?
 
 Decided from namespaces and roots, never from marker files: /.dockerenv exists on plain VMs, and
-`ip netns exec` gives a new mount namespace on the host's own root.
+`ip netns exec` gives a new mount namespace on the host's own root. Read on every call where a
+host's alias could answer (README "Cache"): a few stat calls with the builtin posix module, not os.
 """
 
-import os
+import posix
 
 PROC_PID_INIT_INO = 0xEFFFFFFC  # inode of the initial PID namespace
 PROC_MNT_INIT_INO = 0xEFFFFFF8  # inode of the initial mount namespace (recent kernels)
 
 
 def _identity(path):
-    st = os.stat(path)
+    st = posix.stat(path)
     return st.st_dev, st.st_ino
 
 
 def detect_context(proc="/proc", root="/"):
     """Return (context, why) with context `host` or `container`."""
     try:
-        pid_ns = os.stat(os.path.join(proc, "self/ns/pid")).st_ino
+        pid_ns = posix.stat(proc + "/self/ns/pid").st_ino
     except OSError:
         return "container", "no /proc/self/ns/pid to read: not the host's view of the system"
     if pid_ns != PROC_PID_INIT_INO:
@@ -31,14 +32,14 @@ def detect_context(proc="/proc", root="/"):
     # PID 1's cannot be read, which happens even to root under some security modules.
     for pid in ("1", "2"):
         try:
-            host_root = _identity(os.path.join(proc, pid, "root"))
+            host_root = _identity(proc + "/" + pid + "/root")
         except OSError:
             continue
         if own_root == host_root:
             return "host", "initial PID namespace, / is the root of PID %s" % pid
         return "container", "initial PID namespace, but / is not the root of PID %s (chroot)" % pid
     try:
-        mnt_ns = os.stat(os.path.join(proc, "self/ns/mnt")).st_ino
+        mnt_ns = posix.stat(proc + "/self/ns/mnt").st_ino
     except OSError:
         mnt_ns = None
     if mnt_ns == PROC_MNT_INIT_INO:

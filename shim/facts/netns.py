@@ -13,7 +13,8 @@ def netns_key():
     """A string naming this netns for the cache, or None when the kernel has no netns cookie
     (Linux < 5.14): then nothing is cached. The st_dev:st_ino of /proc/self/ns/net is no key: the
     inode of a deleted netns is reused by the next one within seconds, which then inherited the
-    dead netns's decision and wrote rules into the wrong backend (issue 5's recycle test)."""
+    dead netns's decision and wrote rules into the wrong backend
+    (tests/test_faults.py::test_recycled_netns_never_inherit_a_decision)."""
     try:
         # _socket, not socket: the high-level module pulls in enum and costs milliseconds per call.
         import _socket
@@ -34,3 +35,14 @@ def netns_kind(proc="/proc"):
     except OSError:
         return None
     return "host" if ino == PROC_NET_INIT_INO else "pod"
+
+
+def inode_key(proc="/proc"):
+    """The nsfs inode of this netns as a key, for kernels without the cookie only: reused by the
+    next netns within seconds, so an entry under it is trusted only while the netns shows the
+    trace of its backend (shim.resolve._remembered)."""
+    try:
+        st = posix.stat(proc + "/self/ns/net")
+    except OSError:
+        return None
+    return "netns-ino-%d-%d" % (st.st_dev, st.st_ino)

@@ -14,7 +14,7 @@ does not exist yet would create it and flip the next detection.
 
 from shim.facts import legacy_kernel, nft_kernel
 from shim.facts.legacy_kernel import legacy_tables
-from shim.facts.xtables import HINT_CHAINS, HINT_TABLE, XTABLES, Unavailable
+from shim.facts.xtables import HINT_CHAINS, HINT_TABLE, XTABLES, Unavailable, WouldLoadModule
 
 INCOMPATIBLE = ("# Table `", "' is incompatible")  # iptables-nft-save's line for an unreadable table
 KERNEL_PROBES = {"nft": (nft_kernel.probe, nft_kernel.SOURCE),
@@ -80,8 +80,13 @@ def save_probe(backend, save_paths, proc="/proc"):
     rules = hint = False
     unread = []
     for family in ("iptables", "ip6tables"):
-        if backend == "legacy" and not legacy_tables(family, proc):
-            continue
+        if backend == "legacy":
+            tables = _listed(family, proc)
+            if tables is None:  # cannot be read (EACCES: 0440): running *-save could create tables
+                unread.append("/proc/net/%s_tables_names" % ("ip" if family == "iptables" else "ip6"))
+                continue
+            if not tables:
+                continue
         path = save_paths.get(family)
         lines = run_save(path) if path else None
         if lines is None:
@@ -104,7 +109,31 @@ def backend_state(backend, save_paths, proc="/proc", kernel_probe=None):
     try:
         rules, hint = probe(proc)
         return BackendState(rules, hint, source)
+    except WouldLoadModule as e:
+        return BackendState(None, None, "unknown: %s" % e)  # the *-save binaries would load it too
     except Unavailable as e:
         state = save_probe(backend, save_paths, proc)
         state.source = "%s; kernel probe unavailable: %s" % (state.source, e)
         return state
+
+
+def _listed(family, proc):
+    """The legacy tables listed for a family, or None where the list cannot be read."""
+    try:
+        return legacy_tables(family, proc)
+    except Unavailable:
+        return None
+
+
+def trace(backend, proc="/proc"):
+    """Do the backend's xtables tables exist in this netns, with or without rules (True, False,
+    None)? What a flushed ruleset leaves behind, and a new netns never has from the shim."""
+    if backend == "legacy":
+        listed = [_listed(family, proc) for family in ("iptables", "ip6tables")]
+        if any(listed):
+            return True
+        return None if None in listed else False
+    try:
+        return any(state.tables for state in nft_kernel.probe_families(proc).values())
+    except Unavailable:
+        return None
