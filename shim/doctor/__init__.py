@@ -1,0 +1,217 @@
+"""`iptables-shim doctor`: audit every network namespace of the node for rules split between the
+backends, and for what else makes the next iptables call go wrong (README "Auditing a node: doctor").
+
+namespaces -> enter each (a forked child, setns) -> read there (reading.read_here: kernel records
+and shim.resolve.resolve) -> problems (pure) -> table, JSON, Prometheus textfile. Touches nothing.
+"""
+
+import os
+import sys
+import time
+
+from shim.errors import ShimError
+
+USAGE = "usage: iptables-shim doctor [--json] [--prometheus FILE] [--netns PATH]..."
+MAX_PARALLEL = 4
+
+
+class DoctorError(ShimError):
+    """The audit itself could not run: one `iptables-shim:` line, exit 2."""
+
+    exit_code = 2
+
+
+class Options(object):
+    __slots__ = ("as_json", "prometheus", "netns")
+
+    def __init__(self):
+        self.as_json = False
+        self.prometheus = None
+        self.netns = []
+
+
+def parse(args):
+    opts = Options()
+    rest = list(args)
+    while rest:
+        arg = rest.pop(0)
+        if arg == "--json":
+            opts.as_json = True
+        elif arg in ("--prometheus", "--netns"):
+            if not rest or not rest[0]:
+                raise DoctorError("%s needs a path; %s" % (arg, USAGE))
+            value = rest.pop(0)
+            if arg == "--netns":
+                opts.netns.append(value)
+            else:
+                opts.prometheus = value
+        elif arg.startswith("--prometheus="):
+            opts.prometheus = arg.split("=", 1)[1]
+        elif arg.startswith("--netns="):
+            opts.netns.append(arg.split("=", 1)[1])
+        else:
+            raise DoctorError("unexpected argument %r; %s" % (arg, USAGE))
+    return opts
+
+
+def load_settings():
+    try:
+        from shim.config import load_settings as load
+    except ImportError:
+        return dict(os.environ)
+    try:
+        settings = load(os.environ)
+    except ShimError as e:
+        raise DoctorError(str(e))
+    settings["PATH"] = os.environ.get("PATH", "")  # the node's own PATH: what its calls search
+    return settings
+
+
+def parallelism():
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(1, min(MAX_PARALLEL, cpus))
+
+
+def describe(ns, proc):
+    """The `who` part of a namespace's report."""
+    from shim.doctor.namespaces import process_info
+
+    return {
+        "inode": ns.ident[1],
+        "initial": ns.initial,
+        "names": list(ns.names),
+        "paths": list(ns.explicit),
+        "processes": [process_info(p, proc) for p in ns.pids],
+    }
+
+
+def audit(opts, settings, shim_path, proc="/proc"):
+    """The report as plain data."""
+    from shim.doctor import enter, namespaces, problems, reading
+
+    started = time.monotonic()
+    if opts.netns:
+        try:
+            found = namespaces.given(opts.netns, proc)
+        except namespaces.NotANamespace as e:
+            raise DoctorError(str(e))
+        stale, hidden = [], {}
+    else:
+        found, stale, hidden = namespaces.enumerate_all(proc)
+    try:
+        own = os.stat(proc + "/self/ns/net")
+        own = (own.st_dev, own.st_ino)
+    except OSError:
+        own = None
+
+    entries = [describe(ns, proc) for ns in found]
+    gone = {}
+    # This process's own netns is read here first, without a child: every module and lazily built
+    # state the reading needs is then loaded once, and each child inherits it (a child importing
+    # the cold path itself cost ~30 ms per namespace). Needs no CAP_SYS_ADMIN either.
+    try:
+        here = {"ok": reading.read_here(settings, shim_path, proc)}
+    except Exception as e:  # as a child would report it
+        here = {"error": "%s: %s" % (type(e).__name__, e)}
+
+    def on_start(job):
+        ns = found[job.key]
+        if ns.ident == own:
+            return None
+        fd, why = namespaces.open_namespace(ns, proc)
+        if fd is None:
+            gone[job.key] = why
+            return None
+        job.fd = fd
+        return job
+
+    results = enter.run_all([enter.Job(i, None) for i in range(len(found))],
+                            lambda key: reading.read_here(settings, shim_path, proc),
+                            parallel=parallelism(), on_start=on_start)
+    for i, ns in enumerate(found):
+        if ns.ident == own:
+            results[i] = here
+    for i, entry in enumerate(entries):
+        if i in gone:
+            entry.update(state="gone", why=gone[i], problems=[])
+            continue
+        result = results.get(i) or {"error": "no result"}
+        if "ok" in result:
+            data = result["ok"]
+            entry.update(data)
+            entry["state"] = "audited"
+            entry["summary"] = problems.summary(data["backends"])
+            entry["problems"] = [{"kind": k, "detail": d}
+                                 for k, d in problems.find(data, entry["initial"])]
+        else:
+            why = result.get("enter_error") or result.get("error")
+            if result.get("errno") == 1:
+                why = "cannot enter it: %s (needs root: CAP_SYS_ADMIN)" % why
+            elif result.get("errno") == 22:
+                why = "cannot enter it: not a network namespace"
+            elif "enter_error" in result:
+                why = "cannot enter it: %s" % why
+            entry.update(state="unreadable", why=why,
+                         problems=[{"kind": problems.UNREADABLE, "detail": why}])
+    entries = merge_by_cookie(entries)
+    for path in stale:
+        entries.append({"inode": 0, "initial": False, "names": [path], "paths": [], "processes": [],
+                        "state": "gone", "why": "a name left without a namespace", "problems": []})
+    for why, pids in sorted(hidden.items()):
+        if os.geteuid() == 0:
+            continue  # hidden even from root (a security module): listed apart, not a problem
+        detail = ("the network namespace of %d processes could not be read (%s): run as root"
+                  % (len(pids), why))
+        entries.append({"inode": 0, "initial": False, "names": [], "paths": [],
+                        "processes": [{"pid": p} for p in pids], "state": "unreadable", "why": detail,
+                        "problems": [{"kind": problems.UNREADABLE, "detail": detail}]})
+    counts = {"audited": sum(1 for e in entries if e["state"] != "gone" and e["inode"]),
+              "gone": sum(1 for e in entries if e["state"] == "gone"),
+              "with_problems": sum(1 for e in entries if e["problems"]),
+              "problems": {k: sum(1 for e in entries if any(p["kind"] == k for p in e["problems"]))
+                           for k in problems.KINDS}}
+    return {"namespaces": entries, "counts": counts,
+            "hidden_processes": [{"why": why, "pids": pids} for why, pids in sorted(hidden.items())],
+            "duration_seconds": round(time.monotonic() - started, 6), "finished": int(time.time())}
+
+
+def merge_by_cookie(entries):
+    """Two nsfs files with one cookie are one namespace (the inode identifies a namespace only at
+    one instant; the cookie for the whole boot)."""
+    seen = {}
+    out = []
+    for e in entries:
+        cookie = e.get("cookie")
+        if cookie and cookie in seen:
+            first = seen[cookie]
+            first["names"] += [n for n in e["names"] if n not in first["names"]]
+            first["paths"] += [p for p in e["paths"] if p not in first["paths"]]
+            first["processes"] += e["processes"]
+            continue
+        if cookie:
+            seen[cookie] = e
+        out.append(e)
+    return out
+
+
+def run(args, shim_path):
+    """`iptables-shim doctor ...`: 0 no problem, 1 problems found, 2 the audit could not run."""
+    from shim.doctor import output
+
+    if args[:1] in (["-h"], ["--help"]):
+        sys.stdout.write(USAGE + "\n")
+        return 0
+    opts = parse(args)
+    settings = load_settings()
+    report = audit(opts, settings, shim_path)
+    if opts.prometheus:
+        try:
+            output.write_atomically(opts.prometheus, output.prometheus(report))
+        except OSError as e:
+            raise DoctorError("cannot write %s: %s" % (opts.prometheus, e.strerror or e))
+    sys.stdout.write(output.to_json(report) + "\n" if opts.as_json else output.table(report))
+    sys.stdout.flush()
+    return 1 if report["counts"]["with_problems"] else 0

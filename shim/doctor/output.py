@@ -1,0 +1,192 @@
+"""The audit's three outputs: a table with a summary, JSON, and a node_exporter textfile."""
+
+import os
+
+from shim.doctor.problems import KINDS
+from shim.tools import BACKENDS
+
+METRIC = "iptables_shim_doctor"
+
+
+# -- JSON, with a fallback for python3-minimal (no json module there) ----------------------------
+
+def _string(text):
+    out = ['"']
+    for ch in text:
+        code = ord(ch)
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif code < 0x20 or 0xD800 <= code <= 0xDFFF:
+            out.append("\\u%04x" % code)  # lone surrogates too: their UTF-8 would not encode
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
+def _encode(value, indent, level):
+    pad = "\n" + " " * (indent * (level + 1))
+    end = "\n" + " " * (indent * level)
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return _string(value)
+    if isinstance(value, dict):
+        if not value:
+            return "{}"
+        items = [_string(str(k)) + ": " + _encode(value[k], indent, level + 1) for k in sorted(value)]
+        return "{" + pad + ("," + pad).join(items) + end + "}"
+    if isinstance(value, (list, tuple)):
+        if not value:
+            return "[]"
+        return "[" + pad + ("," + pad).join(_encode(v, indent, level + 1) for v in value) + end + "]"
+    raise TypeError("cannot encode %r as JSON" % type(value).__name__)
+
+
+def to_json(value):
+    try:
+        import json
+    except ImportError:
+        return _encode(value, 2, 0)
+    return json.dumps(value, indent=2, sort_keys=True)
+
+
+# -- the table -------------------------------------------------------------------------------------
+
+def who_text(ns):
+    if ns.get("initial"):
+        head = "initial"
+    elif ns.get("names"):
+        head = ns["names"][0]
+    elif ns.get("paths"):
+        head = ns["paths"][0]
+    elif ns["inode"]:
+        head = "netns:[%d]" % ns["inode"]
+    else:
+        head = "processes"
+    procs = ns.get("processes") or []
+    containers = sorted(set(p["container"][:12] for p in procs if p.get("container")))
+    pods = sorted(set(p["pod"] for p in procs if p.get("pod")))
+    extra = []
+    if pods:
+        extra.append("pod " + ",".join(pods))
+    if containers:
+        extra.append("ctr " + ",".join(containers))
+    if procs and (ns.get("initial") or len(procs) > 3):
+        extra.append("%d processes" % len(procs))
+    elif procs:
+        extra.append(" ".join("%d(%s)" % (p["pid"], p.get("comm", "?")) for p in procs))
+    return head + (" " + " ".join(extra) if extra else "")
+
+
+def _backend_text(summary):
+    if summary is None:
+        return "-"
+    def v(x):
+        return {True: "y", False: "n", None: "?"}[x]
+    return "rules=%s hint=%s" % (v(summary["rules"]), v(summary["hint"]))
+
+
+def _decision_text(ns):
+    d = ns.get("decision") or {}
+    c = ns.get("container_decision") or {}
+    if not d and not c:
+        return "-"
+    here = "%s/%s" % (d["backend"], d["step"]) if d.get("backend") else "error"
+    there = "%s/%s" % (c["backend"], c["step"]) if c.get("backend") else "error"
+    return here if here == there else "%s ctr:%s" % (here, there)
+
+
+def table(report):
+    rows = [("WHO", "NFT", "LEGACY", "DECISION", "PROBLEMS")]
+    for ns in report["namespaces"]:
+        s = ns.get("summary") or {}
+        if ns["state"] == "gone":
+            problems = "gone: " + ns.get("why", "")
+        else:
+            problems = ",".join(p["kind"] for p in ns["problems"]) or "ok"
+        rows.append((who_text(ns), _backend_text(s.get("nft")), _backend_text(s.get("legacy")),
+                     _decision_text(ns), problems))
+    widths = [min(48, max(len(r[i]) for r in rows)) for i in range(4)]
+    lines = []
+    for r in rows:
+        cells = [r[i][:widths[i]].ljust(widths[i]) for i in range(4)] + [r[4]]
+        lines.append("  ".join(cells).rstrip())
+    for ns in report["namespaces"]:
+        for p in ns.get("problems", ()):
+            lines.append("%s: %s: %s" % (who_text(ns).split(" ", 1)[0], p["kind"], p["detail"]))
+    c = report["counts"]
+    lines.append("")
+    lines.append("%d namespaces audited, %d gone during the audit, %d with problems in %.2f s%s" % (
+        c["audited"], c["gone"], c["with_problems"], report["duration_seconds"],
+        "" if not c["with_problems"] else ": " + ", ".join(
+            "%s %d" % (k, c["problems"][k]) for k in KINDS if c["problems"][k])))
+    for hidden in report.get("hidden_processes", ()):
+        lines.append("not audited: the network namespace of PID %s (%s; their namespaces are audited "
+                     "where a name or another process leads to them)"
+                     % (",".join(str(p) for p in hidden["pids"][:10]) + (",..." if len(hidden["pids"]) > 10
+                                                                          else ""), hidden["why"]))
+    lines.append("decision: backend/step the node's own iptables would use there (ctr: a caller in "
+                 "a container, which the cache serves); README \"Auditing a node: doctor\"")
+    return "\n".join(lines) + "\n"
+
+
+# -- node_exporter textfile collector ------------------------------------------------------------
+
+def prometheus(report):
+    c = report["counts"]
+    lines = [
+        "# HELP %s_namespaces_with_problem Network namespaces having this problem at the last audit." % METRIC,
+        "# TYPE %s_namespaces_with_problem gauge" % METRIC,
+    ]
+    for kind in KINDS:
+        lines.append('%s_namespaces_with_problem{problem="%s"} %d' % (METRIC, kind, c["problems"][kind]))
+    for name, help_text, value in (
+        ("namespaces_audited", "Network namespaces audited.", c["audited"]),
+        ("namespaces_gone", "Network namespaces that disappeared during the audit.", c["gone"]),
+        ("duration_seconds", "How long the audit took.", report["duration_seconds"]),
+        ("last_run_timestamp_seconds", "When the audit finished (Unix time).", report["finished"]),
+    ):
+        lines.append("# HELP %s_%s %s" % (METRIC, name, help_text))
+        lines.append("# TYPE %s_%s gauge" % (METRIC, name))
+        lines.append("%s_%s %s" % (METRIC, name, _number(value)))
+    return "\n".join(lines) + "\n"
+
+
+def _number(value):
+    return "%d" % value if isinstance(value, int) else "%.6f" % value
+
+
+def write_atomically(path, text):
+    """Replace `path` whole: a temporary file in the same directory, then rename, so that a
+    collector never reads half a file. The temporary name starts with a dot and does not end in
+    .prom, so node_exporter's textfile collector never picks it up."""
+    directory, base = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(directory, ".%s.%d.tmp" % (base, os.getpid()))
+    data = text.encode("utf-8")
+    try:
+        os.unlink(tmp)  # left by a run that died with the same PID
+    except OSError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
