@@ -1,5 +1,5 @@
-"""x_tables (legacy): does a table hold a rule, does mangle hold kubelet's hint? Asked of the kernel,
-read-only, with the standard library only.
+"""x_tables (legacy): which tables exist, does one hold a rule, does mangle hold kubelet's hint?
+Asked of the kernel, read-only, with the standard library only.
 
 /proc/net/ip{,6}_tables_names first: no legacy table in this netns, no further system call. For the
 tables listed there, and only those (asking for any other would create it in this netns), the
@@ -9,14 +9,24 @@ policy offsets, so a rule in a built-in chain shows without reading the table. T
 (their names carry the hint), and a table whose built-in chains are empty but which has user chains
 (a chain with no rule and a chain with one cannot be told apart by counting entries alone).
 
+Only a missing /proc file (ip_tables not loaded) means "no tables"; one that cannot be read (it is
+0440 root: EACCES for a caller with CAP_NET_ADMIN alone) leaves the fact unknown (SPEC "Facts").
+
+`probe()` answers for the backend as a whole; `probe_families()` per family, for audits. The kernel
+structures are declared once below as structs; the decoders are tested on replies recorded from a
+real kernel (tests/unit/test_legacy_kernel.py).
+
 Python's socket.getsockopt cannot pass a table name in, so getsockopt(2) is called through _ctypes
 (the bare extension: `import ctypes` costs several milliseconds, this a fraction of one).
 """
 
+import errno
 import os
-import sys
 
-from shim.facts.xtables import HINT_CHAINS, HINT_TABLE, XTABLES, Unavailable
+from _struct import Struct  # what `struct` re-exports, without that module's own import
+from _struct import error as StructError
+
+from shim.facts.xtables import HINT_CHAINS, HINT_TABLE, XTABLES, FamilyState, Unavailable
 
 SOURCE = "kernel (x_tables sockopts)"
 
@@ -26,64 +36,79 @@ IPPROTO_RAW = 255
 SOL_IP, SOL_IPV6 = 0, 41
 SO_GET_INFO = 64  # IPT_SO_GET_INFO == IP6T_SO_GET_INFO
 SO_GET_ENTRIES = 65  # IPT_SO_GET_ENTRIES == IP6T_SO_GET_ENTRIES
-EAGAIN, ENOENT = 11, 2
-TABLE_NAME_LEN = 32  # XT_TABLE_MAXNAMELEN
 NF_INET_NUMHOOKS = 5
+ERROR_TARGET = b"ERROR"  # the target of a user chain's head and of the table's last entry
 
-# struct ipt_getinfo / ip6t_getinfo: name[32], valid_hooks, hook_entry[5], underflow[5],
-# num_entries, size (all unsigned int): 84 bytes.
-GETINFO_LEN = 84
-GI_VALID_HOOKS, GI_HOOK_ENTRY, GI_UNDERFLOW, GI_NUM_ENTRIES, GI_SIZE = 32, 36, 56, 76, 80
-# struct ipt_get_entries: name[32], size, then the entries 8-byte aligned.
-GET_ENTRIES_HEAD = 40
-# struct xt_entry_target: u16 target_size, char name[29], u8 revision; the error target's
-# errorname[30] follows at 32.
-TARGET_NAME_AT, TARGET_NAME_LEN, ERRORNAME_AT, ERRORNAME_LEN = 2, 29, 32, 30
-ERROR_TARGET = b"ERROR"
+# Layouts (linux/netfilter_ipv4/ip_tables.h, netfilter_ipv6/ip6_tables.h, netfilter/x_tables.h), in
+# host byte order, as a 64-bit kernel lays them out (8-byte aligned counters and targets).
+# ipt_getinfo == ip6t_getinfo: name[32], valid_hooks, hook_entry[5], underflow[5], num_entries, size.
+IPT_GETINFO = Struct("=32sI5I5III")
+# ipt_get_entries == ip6t_get_entries: name[32], size; the entries follow, 8-byte aligned.
+IPT_GET_ENTRIES = Struct("=32sI4x")
+# ipt_entry: struct ipt_ip (84 bytes), nfcache, target_offset, next_offset, comefrom, counters
+# (bytes, packets); the matches and the target follow.
+IPT_ENTRY = Struct("=84sIHHIQQ")
+# ip6t_entry: struct ip6t_ip6 (133 bytes, padded to 136), then the same fields; counters 8-aligned.
+IP6T_ENTRY = Struct("=136sIHHI4xQQ")
+# xt_entry_target: target_size, name[29], revision; the target's own data follows.
+XT_ENTRY_TARGET = Struct("=H29sB")
+XT_STANDARD_TARGET = Struct("=H29sBi4x")  # + verdict: a policy, a chain's tail (RETURN)
+XT_ERROR_TARGET = Struct("=H29sB30s2x")  # + errorname: the name of the user chain it heads
 
-STANDARD_TARGET_LEN, ERROR_TARGET_LEN = 40, 64  # struct xt_standard_target, xt_error_target
 
-# family: (address family, sockopt level, /proc/net file, sizeof(struct ipt_entry / ip6t_entry),
-# offsetof(entry, target_offset)); next_offset follows target_offset in both.
-FAMILIES = {
-    "iptables": (AF_INET, SOL_IP, "net/ip_tables_names", 112, 88),
-    "ip6tables": (AF_INET6, SOL_IPV6, "net/ip6_tables_names", 168, 140),
+class FamilyLayout(object):
+    """How one iptables family reaches x_tables: socket family, sockopt level, the /proc file that
+    lists its tables, its entry structure."""
+
+    __slots__ = ("af", "level", "names_file", "entry")
+
+    def __init__(self, af, level, names_file, entry):
+        self.af = af
+        self.level = level
+        self.names_file = names_file
+        self.entry = entry
+
+
+LAYOUTS = {
+    "iptables": FamilyLayout(AF_INET, SOL_IP, "net/ip_tables_names", IPT_ENTRY),
+    "ip6tables": FamilyLayout(AF_INET6, SOL_IPV6, "net/ip6_tables_names", IP6T_ENTRY),
 }
-
-_BO = sys.byteorder
 
 
 def legacy_tables(family, proc="/proc"):
-    """Names of the legacy tables that exist for a family in this netns (no side effects)."""
+    """Names of the legacy tables that exist for a family in this netns (no side effects): none
+    where the file is missing (ip_tables not loaded); Unavailable where it cannot be read."""
+    path = os.path.join(proc, LAYOUTS[family].names_file)
     try:
-        with open(os.path.join(proc, FAMILIES[family][2])) as f:
+        with open(path) as f:
             return [line.strip() for line in f if line.strip()]
-    except OSError:
+    except FileNotFoundError:
         return []  # ip_tables not loaded: no legacy table can exist
+    except OSError as e:
+        raise Unavailable("cannot read %s: %s" % (path, e.strerror or e))
 
 
-def _u32(data, offset):
-    return int.from_bytes(data[offset:offset + 4], _BO)
+def listed_xtables(proc="/proc"):
+    """{family: the xtables-named legacy tables listed for it}; Unavailable if a list is unreadable."""
+    return {family: [t for t in legacy_tables(family, proc) if t in XTABLES] for family in LAYOUTS}
 
 
-def _u16(data, offset):
-    return int.from_bytes(data[offset:offset + 2], _BO)
-
-
-def _cstr(data, offset, length):
-    return data[offset:offset + length].split(b"\0", 1)[0]
+def cstr(value):
+    return value.split(b"\0", 1)[0]
 
 
 class Info(object):
     """struct ipt_getinfo, decoded."""
 
+    __slots__ = ("hooks", "hook_entry", "underflow", "num_entries", "size")
+
     def __init__(self, raw):
-        valid = _u32(raw, GI_VALID_HOOKS)
+        if len(raw) < IPT_GETINFO.size:
+            raise Unavailable("short IPT_SO_GET_INFO reply (%d bytes)" % len(raw))
+        _, valid, *offsets, self.num_entries, self.size = IPT_GETINFO.unpack_from(raw)
         self.hooks = [h for h in range(NF_INET_NUMHOOKS) if valid & (1 << h)]
-        self.hook_entry = [_u32(raw, GI_HOOK_ENTRY + 4 * h) for h in range(NF_INET_NUMHOOKS)]
-        self.underflow = [_u32(raw, GI_UNDERFLOW + 4 * h) for h in range(NF_INET_NUMHOOKS)]
-        self.num_entries = _u32(raw, GI_NUM_ENTRIES)
-        self.size = _u32(raw, GI_SIZE)
+        self.hook_entry = offsets[:NF_INET_NUMHOOKS]
+        self.underflow = offsets[NF_INET_NUMHOOKS:]
 
     def builtin_rules(self):
         """A built-in chain holds a rule when its first entry is not its policy."""
@@ -93,7 +118,7 @@ class Info(object):
         """More entries than the built-in policies and the final ERROR entry: user chains or rules."""
         return self.num_entries > len(self.hooks) + 1
 
-    def sizes_say_rules(self, entry_len):
+    def sizes_say_rules(self, entry):
         """True when the entry count and the table size cannot be those of a table without rules.
 
         Without rules, a table is B built-in policies (entry + standard target; the kernel checks
@@ -102,31 +127,45 @@ class Info(object):
         B and U. Anything else holds rules, and the entries need not be read. (The converse does not
         hold: an even number of rules averaging a head and a tail in size fits the same figures, so
         a table that fits is read.)"""
-        policy = entry_len + STANDARD_TARGET_LEN
-        head = final = entry_len + ERROR_TARGET_LEN
+        policy = entry.size + XT_STANDARD_TARGET.size
+        head = final = entry.size + XT_ERROR_TARGET.size
         extra = self.num_entries - len(self.hooks) - 1
         if extra < 0 or extra % 2:
             return True
         chains = extra // 2
         return self.size != len(self.hooks) * policy + chains * (head + policy) + final
 
+    def says_rules(self, entry):
+        """Do the figures alone show a rule (in a built-in chain, or by count and size)?"""
+        return self.builtin_rules() or (self.user_chains_possible() and self.sizes_say_rules(entry))
 
-def entries_of(blob, target_offset_at):
+
+def entries_needed(name, info, need_rules, need_hint):
+    """Must a table's entries be read? Only where it may have user chains (else its figures said
+    everything) and something is still to learn: mangle's chain names (the hint), or, while no
+    table's figures have shown a rule, whether its user chains hold one."""
+    return info.user_chains_possible() and (need_rules or (need_hint and name == HINT_TABLE))
+
+
+def entries_of(blob, entry):
     """(offset, error name or None) of each entry of a table blob, in order."""
     offset = 0
     while offset < len(blob):
-        target = offset + _u16(blob, offset + target_offset_at)
-        step = _u16(blob, offset + target_offset_at + 2)
-        if step == 0 or target >= offset + step:
+        try:
+            _, _, target_offset, next_offset, _, _, _ = entry.unpack_from(blob, offset)
+            _, target_name, _ = XT_ENTRY_TARGET.unpack_from(blob, offset + target_offset)
+            error_name = None
+            if cstr(target_name) == ERROR_TARGET:
+                error_name = cstr(XT_ERROR_TARGET.unpack_from(blob, offset + target_offset)[3])
+        except StructError:
             raise Unavailable("malformed x_tables entry at offset %d" % offset)
-        if _cstr(blob, target + TARGET_NAME_AT, TARGET_NAME_LEN) == ERROR_TARGET:
-            yield offset, _cstr(blob, target + ERRORNAME_AT, ERRORNAME_LEN).decode("ascii", "replace")
-        else:
-            yield offset, None
-        offset += step
+        if next_offset == 0 or target_offset >= next_offset:
+            raise Unavailable("malformed x_tables entry at offset %d" % offset)
+        yield offset, (error_name.decode("ascii", "replace") if error_name is not None else None)
+        offset += next_offset
 
 
-def walk(blob, info, target_offset_at, all_chains=True):
+def walk(blob, info, entry, all_chains=True):
     """(has_rules, user chain names) from a table's entries. An entry is a rule unless it is a
     built-in chain's policy (at an underflow offset), a user chain's head (an ERROR target naming
     the chain), a user chain's tail (the entry just before the next head), or the final ERROR
@@ -136,7 +175,7 @@ def walk(blob, info, target_offset_at, all_chains=True):
     rules = False
     in_user_chain = False
     pending = None  # an entry of a user chain that is a rule unless a head follows it (its tail)
-    for offset, error_name in entries_of(blob, target_offset_at):
+    for offset, error_name in entries_of(blob, entry):
         if error_name is not None:
             pending = None  # it was the tail
             chains.append(error_name)
@@ -214,80 +253,102 @@ class Sockopt(object):
         return 0, buf.raw[:length.value]
 
 
-def _table_name(name):
-    return name.encode("ascii").ljust(TABLE_NAME_LEN, b"\0")[:TABLE_NAME_LEN]
+def sockopt_refused(option, err):
+    """The Unavailable to raise for a socket option the kernel refused with errno `err`."""
+    return Unavailable("%s refused: %s" % (option, os.strerror(err) if err > 0 else "unknown error"))
 
 
-def _refused(what, err):
-    return Unavailable("%s refused: %s" % (what, os.strerror(err) if err > 0 else "unknown error"))
-
-
-def read_info(opt, fd, level, name):
-    err, raw = opt.get(fd, level, SO_GET_INFO, _table_name(name).ljust(GETINFO_LEN, b"\0"))
-    if err == ENOENT:
-        return None  # gone since /proc listed it: no rules
+def read_info(ask, name):
+    """Info of one table, or None if it is gone since /proc listed it (no rules). `ask(option,
+    data)` is getsockopt on the family's socket: (errno, bytes)."""
+    err, raw = ask(SO_GET_INFO, name.encode("ascii").ljust(IPT_GETINFO.size, b"\0"))
+    if err == errno.ENOENT:
+        return None
     if err:
-        raise _refused("IPT_SO_GET_INFO", err)
+        raise sockopt_refused("IPT_SO_GET_INFO", err)
     return Info(raw)
 
 
-def read_entries(opt, fd, level, name, info):
+def read_entries(ask, name, info):
     """(info, entry blob) of one table, both read again while the table changes under us (EAGAIN);
     None if it is gone."""
     for _ in range(5):
-        head = _table_name(name) + info.size.to_bytes(4, _BO)
-        err, raw = opt.get(fd, level, SO_GET_ENTRIES, head.ljust(GET_ENTRIES_HEAD + info.size, b"\0"))
+        head = IPT_GET_ENTRIES.pack(name.encode("ascii"), info.size)
+        err, raw = ask(SO_GET_ENTRIES, head + bytes(info.size))
         if err == 0:
-            return info, raw[GET_ENTRIES_HEAD:GET_ENTRIES_HEAD + info.size]
-        if err == ENOENT:
+            return info, raw[IPT_GET_ENTRIES.size:IPT_GET_ENTRIES.size + info.size]
+        if err == errno.ENOENT:
             return None
-        if err != EAGAIN:
-            raise _refused("IPT_SO_GET_ENTRIES", err)
-        info = read_info(opt, fd, level, name)
+        if err != errno.EAGAIN:
+            raise sockopt_refused("IPT_SO_GET_ENTRIES", err)
+        info = read_info(ask, name)
         if info is None:
             return None
     raise Unavailable("table %s kept changing while being read" % name)
 
 
-def probe(proc="/proc"):
-    """(has_rules, has_hint) for x_tables in this netns, IPv4 or IPv6; raises Unavailable."""
-    listed = {family: [t for t in legacy_tables(family, proc) if t in XTABLES] for family in FAMILIES}
-    if not any(listed.values()):
-        return False, False
+def family_state(layout, names, ask, want_rules=True, want_hint=True):
+    """FamilyState of one family's listed tables. GET_INFO for each; the entries only where
+    entries_needed() says so, mangle first (its read can answer both questions). A fact not wanted
+    is left None unless the figures already answered it."""
+    infos = {}
+    for name in names:
+        info = read_info(ask, name)
+        if info is not None:
+            infos[name] = info
+    rules = any(info.says_rules(layout.entry) for info in infos.values())
+    hint = False
+    for name in sorted(infos, key=lambda table: table != HINT_TABLE):
+        if not entries_needed(name, infos[name], want_rules and not rules, want_hint):
+            continue
+        read = read_entries(ask, name, infos[name])
+        if read is None:
+            continue
+        info, blob = read
+        need_hint = want_hint and name == HINT_TABLE
+        table_rules, chains = walk(blob, info, layout.entry, all_chains=need_hint)
+        rules = rules or table_rules
+        if need_hint:
+            hint = any(chain in HINT_CHAINS for chain in chains)
+    return FamilyState(sorted(infos), rules if want_rules else (rules or None), hint if want_hint else None)
+
+
+def ask_kernel(layout, names, opt, want_rules=True, want_hint=True):
+    """family_state() over a raw socket of the family, closed after."""
     import _socket  # not socket: that module pulls in enum and costs milliseconds per call
 
+    try:
+        sock = _socket.socket(layout.af, SOCK_RAW, IPPROTO_RAW)
+    except OSError as e:
+        raise Unavailable("raw socket refused: %s" % (e.strerror or e))
+    try:
+        fd = sock.fileno()
+        return family_state(layout, names, lambda option, data: opt.get(fd, layout.level, option, data),
+                            want_rules, want_hint)
+    finally:
+        sock.close()
+
+
+def probe(proc="/proc"):
+    """(has_rules, has_hint) for x_tables in this netns, IPv4 or IPv6; raises Unavailable. What one
+    family answered is not asked of the next."""
+    listed = listed_xtables(proc)
+    if not any(listed.values()):
+        return False, False
     opt = Sockopt()
     rules = hint = False
-    for family, (af, level, _, entry_len, target_offset_at) in FAMILIES.items():
-        if not listed[family]:
-            continue
-        try:
-            sock = _socket.socket(af, SOCK_RAW, IPPROTO_RAW)
-        except OSError as e:
-            raise Unavailable("raw socket refused: %s" % (e.strerror or e))
-        try:
-            infos = {}
-            for name in listed[family]:
-                info = read_info(opt, sock.fileno(), level, name)
-                if info is not None:
-                    infos[name] = info
-                    rules = rules or info.builtin_rules()
-                    if not rules and info.user_chains_possible() and info.sizes_say_rules(entry_len):
-                        rules = True
-            # The entries, only where still needed: mangle's chain names for the hint, and a
-            # table whose figures fit "no rules" while rules are not yet known.
-            for name, info in sorted(infos.items(), key=lambda item: item[0] != HINT_TABLE):
-                need_hint = name == HINT_TABLE and not hint
-                if not info.user_chains_possible() or not (need_hint or not rules):
-                    continue
-                read = read_entries(opt, sock.fileno(), level, name, info)
-                if read is None:
-                    continue
-                info, blob = read
-                table_rules, chains = walk(blob, info, target_offset_at, all_chains=need_hint)
-                rules = rules or table_rules
-                if need_hint:
-                    hint = any(chain in HINT_CHAINS for chain in chains)
-        finally:
-            sock.close()
+    for family, names in listed.items():
+        if names:
+            state = ask_kernel(LAYOUTS[family], names, opt, want_rules=not rules, want_hint=not hint)
+            rules = rules or bool(state.rules)
+            hint = hint or bool(state.hint)
     return rules, hint
+
+
+def probe_families(proc="/proc"):
+    """{"iptables": FamilyState, "ip6tables": FamilyState} for x_tables in this netns, every fact
+    asked; raises Unavailable."""
+    listed = listed_xtables(proc)
+    opt = Sockopt() if any(listed.values()) else None
+    return {family: ask_kernel(LAYOUTS[family], names, opt) if names else FamilyState((), False, False)
+            for family, names in listed.items()}
