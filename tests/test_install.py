@@ -127,3 +127,58 @@ def test_install_usage_errors(tmp_path):
         r = subprocess.run([SHIM, "install"] + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
         assert r.returncode != 0 and r.stdout == b""
         assert r.stderr.decode().startswith("iptables-shim: install takes one directory")
+
+
+def test_install_creates_the_directory_but_never_its_parents(tmp_path):
+    """install writes nothing outside DIR: a missing DIR is made, a missing parent is refused."""
+    d = tmp_path / "missing" / "sbin"
+    assert_one_error_line(*install(d))
+    assert os.listdir(str(tmp_path)) == []
+
+
+def uninstall(directory, shim=SHIM):
+    r = subprocess.run([shim, "uninstall", str(directory)], env={"PATH": SYSTEM_PATH, "LC_ALL": "C"},
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
+    return r.returncode, r.stdout.decode(), r.stderr.decode()
+
+
+def test_uninstall_removes_the_links_install_made_and_is_idempotent(tmp_path):
+    d = tmp_path / "sbin"
+    d.mkdir()
+    (d / "unrelated").write_text("kept")
+    before = state(d)
+    assert install(d)[0] == 0
+    rc, out, err = uninstall(d)
+    assert rc == 0 and err == "", err
+    assert out.splitlines() == ["%s/%s: link removed" % (d, n) for n in ALL_NAMES]
+    assert state(d) == before
+    rc, out, err = uninstall(d)  # twice: nothing to undo, nothing changes
+    assert rc == 0 and err == "" and out == "%s: no link of this shim there; nothing to undo\n" % d
+    assert state(d) == before
+    rc, out, err = uninstall(tmp_path / "never-made")
+    assert rc == 0 and err == "" and "nothing to undo" in out
+
+
+@pytest.mark.parametrize("kind", ["real binary", "link elsewhere", "relative link to the shim"])
+def test_uninstall_refuses_what_install_did_not_make(tmp_path, kind):
+    d = tmp_path / "sbin"
+    assert install(d)[0] == 0
+    victim = d / "ip6tables-restore"
+    victim.unlink()
+    if kind == "real binary":
+        shutil.copy2(os.path.realpath("/usr/sbin/ip6tables-restore"), str(victim))
+    elif kind == "link elsewhere":
+        os.symlink("/usr/sbin/ip6tables-nft-restore", str(victim))
+    else:  # leads to the shim, but install writes the shim's absolute real path
+        os.symlink(os.path.relpath(TARGET, str(d)), str(victim))
+    before = state(d)
+    rc, out, err = uninstall(d)
+    assert_one_error_line(rc, out, err)
+    assert str(victim) in err and "nothing was removed" in err
+    assert state(d) == before
+
+
+def test_uninstall_never_removes_the_shims_own_names():
+    before = state(BIN)
+    assert_one_error_line(*uninstall(BIN))  # bin/'s links are relative: not made by install
+    assert state(BIN) == before
