@@ -13,14 +13,11 @@ is run on a kernel-probe path, and the resolution is asked not to consult the ca
 stores: storing is main.run_tool's, after an exec target is found).
 """
 
-import os
-
 from shim.facts import legacy_kernel, netns, nft_kernel
-from shim.facts.xtables import HINT_CHAINS, HINT_TABLE, XTABLES, Unavailable
-from shim.tools import BACKENDS, FAMILIES
+from shim.facts.xtables import Unavailable
+from shim.tools import FAMILIES
 
 NAME = "iptables"  # one decision per netns serves every tool of both families
-NFT_FAMILY = {"iptables": 2, "ip6tables": 10}  # NFPROTO_IPV4, NFPROTO_IPV6
 
 
 def _family_record(tables=None, rules=None, hint=None, error=None):
@@ -28,77 +25,21 @@ def _family_record(tables=None, rules=None, hint=None, error=None):
 
 
 # -- per-family kernel records -------------------------------------------------------------------
-# A thin adapter over the probes' building blocks, until the probes themselves return per-family
-# records. Kept to these two functions so that switching to theirs touches nothing else.
 
-def legacy_records(proc="/proc"):
-    """{family: record} for x_tables."""
-    if hasattr(legacy_kernel, "probe_families"):
-        try:
-            states = legacy_kernel.probe_families(proc)
-        except Unavailable as e:
-            return {f: _family_record(error=str(e)) for f in FAMILIES}
-        return {f: _family_record(list(states[f].tables), states[f].rules, states[f].hint) for f in FAMILIES}
-    out = {}
-    opt = None
-    for family, (af, level, names_file, entry_len, target_offset_at) in legacy_kernel.FAMILIES.items():
-        try:
-            with open(os.path.join(proc, names_file)) as f:
-                listed = [line.strip() for line in f if line.strip()]
-        except FileNotFoundError:
-            out[family] = _family_record([], False, False)  # ip_tables not loaded: no table can exist
-            continue
-        except OSError as e:
-            out[family] = _family_record(error="%s: %s" % (names_file, e.strerror))
-            continue
-        tables = [t for t in listed if t in XTABLES]
-        if not tables:
-            out[family] = _family_record(listed, False, False)
-            continue
-        import _socket
-
-        try:
-            opt = opt or legacy_kernel.Sockopt()
-            sock = _socket.socket(af, legacy_kernel.SOCK_RAW, legacy_kernel.IPPROTO_RAW)
-        except (OSError, Unavailable) as e:
-            out[family] = _family_record(listed, error="raw socket refused: %s" % (getattr(e, "strerror", None) or e))
-            continue
-        rules = hint = False
-        try:
-            for name in tables:
-                info = legacy_kernel.read_info(opt, sock.fileno(), level, name)
-                if info is None:
-                    continue  # gone since it was listed
-                table_rules = info.builtin_rules() or (
-                    info.user_chains_possible() and info.sizes_say_rules(entry_len))
-                need_hint = name == HINT_TABLE and info.user_chains_possible()
-                if need_hint or (not table_rules and not rules and info.user_chains_possible()):
-                    read = legacy_kernel.read_entries(opt, sock.fileno(), level, name, info)
-                    if read is not None:
-                        walked_rules, chains = legacy_kernel.walk(read[1], read[0], target_offset_at,
-                                                                  all_chains=need_hint)
-                        table_rules = table_rules or walked_rules
-                        if need_hint:
-                            hint = hint or any(c in HINT_CHAINS for c in chains)
-                rules = rules or table_rules
-            out[family] = _family_record(listed, rules, hint)
-        except Unavailable as e:
-            out[family] = _family_record(listed, error=str(e))
-        finally:
-            sock.close()
-    return out
-
-
-def nft_records(proc="/proc"):
-    """{family: record} for nf_tables (families ip and ip6; tables named like iptables')."""
+def _records(probe_families, proc):
+    """{family: record} from a kernel probe's per-family states; an Unavailable probe is an error
+    for both families (what it says is why)."""
     try:
-        states = nft_kernel.probe_families(proc)
+        states = probe_families(proc)
     except Unavailable as e:
-        return {f: _family_record(error=str(e)) for f in FAMILIES}
+        return {f: _family_record(error=str(e) or type(e).__name__) for f in FAMILIES}
     return {f: _family_record(list(states[f].tables), states[f].rules, states[f].hint) for f in FAMILIES}
 
 
-KERNEL_RECORDS = {"nft": nft_records, "legacy": legacy_records}
+def kernel_records(proc="/proc"):
+    """{backend: {family: record}}: the same kernel probes a call uses, every fact asked."""
+    return {"nft": _records(nft_kernel.probe_families, proc),
+            "legacy": _records(legacy_kernel.probe_families, proc)}
 
 
 # -- the one resolution --------------------------------------------------------------------------
@@ -107,9 +48,7 @@ def _resolve(settings, shim_path, proc, gather_all):
     """shim.resolve.resolve for this netns, the cache not consulted (its entry is still read)."""
     from shim.resolve import resolve
 
-    if "gather_all" in resolve.__code__.co_varnames:
-        return resolve(NAME, settings, shim_path, consult_cache=False, gather_all=gather_all, proc=proc)
-    return resolve(NAME, settings, shim_path, consult_cache=False, proc=proc)
+    return resolve(NAME, settings, shim_path, consult_cache=False, gather_all=gather_all, proc=proc)
 
 
 def _decision(r):
@@ -134,7 +73,7 @@ def read_here(settings, shim_path, proc="/proc"):
     from shim.errors import ShimError
 
     out = {"cookie": netns.netns_key(), "kind": netns.netns_kind(proc)}
-    out["backends"] = {b: KERNEL_RECORDS[b](proc) for b in BACKENDS}
+    out["backends"] = kernel_records(proc)
     for label, these in (("decision", settings), ("container_decision", container_settings(settings))):
         try:
             r = _resolve(these, shim_path, proc, gather_all=label == "container_decision")
