@@ -313,42 +313,50 @@ def family_state(layout, names, ask, want_rules=True, want_hint=True):
     return FamilyState(sorted(infos), rules if want_rules else (rules or None), hint if want_hint else None)
 
 
-def ask_kernel(layout, names, opt, want_rules=True, want_hint=True):
-    """family_state() over a raw socket of the family, closed after."""
+def over_sockets():
+    """ask_family(layout, names, want_rules=True, want_hint=True) -> FamilyState, asked of the
+    kernel on a raw socket of the family (opened and closed per call)."""
     import _socket  # not socket: that module pulls in enum and costs milliseconds per call
 
-    try:
-        sock = _socket.socket(layout.af, SOCK_RAW, IPPROTO_RAW)
-    except OSError as e:
-        raise Unavailable("raw socket refused: %s" % (e.strerror or e))
-    try:
-        fd = sock.fileno()
-        return family_state(layout, names, lambda option, data: opt.get(fd, layout.level, option, data),
-                            want_rules, want_hint)
-    finally:
-        sock.close()
+    opt = Sockopt()
+
+    def ask_family(layout, names, want_rules=True, want_hint=True):
+        try:
+            sock = _socket.socket(layout.af, SOCK_RAW, IPPROTO_RAW)
+        except OSError as e:
+            raise Unavailable("raw socket refused: %s" % (e.strerror or e))
+        try:
+            fd = sock.fileno()
+            return family_state(layout, names, lambda option, data: opt.get(fd, layout.level, option, data),
+                                want_rules, want_hint)
+        finally:
+            sock.close()
+
+    return ask_family
 
 
-def probe(proc="/proc"):
+def probe(proc="/proc", ask_family=None):
     """(has_rules, has_hint) for x_tables in this netns, IPv4 or IPv6; raises Unavailable. What one
-    family answered is not asked of the next."""
+    family answered is not asked of the next. `ask_family` stands in for the kernel in tests
+    (default: over_sockets())."""
     listed = listed_xtables(proc)
     if not any(listed.values()):
         return False, False
-    opt = Sockopt()
+    ask_family = ask_family or over_sockets()
     rules = hint = False
     for family, names in listed.items():
         if names:
-            state = ask_kernel(LAYOUTS[family], names, opt, want_rules=not rules, want_hint=not hint)
+            state = ask_family(LAYOUTS[family], names, want_rules=not rules, want_hint=not hint)
             rules = rules or bool(state.rules)
             hint = hint or bool(state.hint)
     return rules, hint
 
 
-def probe_families(proc="/proc"):
+def probe_families(proc="/proc", ask_family=None):
     """{"iptables": FamilyState, "ip6tables": FamilyState} for x_tables in this netns, every fact
-    asked; raises Unavailable."""
+    asked; raises Unavailable. `ask_family` as for probe()."""
     listed = listed_xtables(proc)
-    opt = Sockopt() if any(listed.values()) else None
-    return {family: ask_kernel(LAYOUTS[family], names, opt) if names else FamilyState((), False, False)
+    if any(listed.values()):
+        ask_family = ask_family or over_sockets()
+    return {family: ask_family(LAYOUTS[family], names) if names else FamilyState((), False, False)
             for family, names in listed.items()}
