@@ -98,16 +98,34 @@ def test_decision_on_an_empty_netns_is_rechecked(netns, cache_dir):
 
 
 def test_a_call_that_cannot_run_leaves_no_entry_for_later_calls(netns, cache_dir):
-    """Host context: the host's alias (nft) decides, whatever the rules. A call from a PATH without
-    that alias (or any iptables) fails; it must not cache the decision it made without the alias
-    (legacy, from the rules), or every later call in this netns would write to legacy."""
+    """A call from a PATH with only the nft variant decides legacy from the rules but cannot run
+    it; it must not cache that decision before a binary for it is found (a later call might then
+    run from a half-broken PATH), and the next call with a whole PATH decides and caches legacy."""
     legacy_netns(netns)
-    failed = add(netns, shim_env(cache_dir, path=BIN + ":/usr/bin"), "192.0.2.1")
+    only_nft = netns.ok("mktemp -d").strip()
+    netns.ok("ln -s /usr/sbin/iptables-nft %s/iptables-nft" % only_nft)
+    failed = add(netns, shim_env(cache_dir, path=BIN + ":" + only_nft, **CONTAINER), "192.0.2.1")
     assert failed.returncode == 127 and failed.stderr.startswith(b"iptables-shim: ")
+    assert b"iptables-legacy is not on PATH" in failed.stderr
     assert cache_files(cache_dir) == []
-    assert add(netns, shim_env(cache_dir), "192.0.2.2").returncode == 0
-    assert holder(netns, "192.0.2.2") == ["nft"]
-    assert_good_entry(cache_dir / netns_key(netns), "nft")
+    assert add(netns, shim_env(cache_dir, **CONTAINER), "192.0.2.2").returncode == 0
+    assert holder(netns, "192.0.2.2") == ["legacy"]
+    assert_good_entry(cache_dir / netns_key(netns), "legacy")
+
+
+def test_host_context_answers_are_never_cached_and_never_served_to_a_container(netns, cache_dir):
+    """Step 2 (the host's alias) belongs to the caller, not the netns: a host-context call in a
+    netns whose rules are in legacy runs the host alias (nft) and stores nothing; a container
+    caller afterwards, with the same cache directory, still writes into legacy. Failed before the
+    resolution split caller facts from netns facts: the host's entry sent the container to nft."""
+    legacy_netns(netns)
+    listed, _ = call(netns, ["iptables", "-S"], shim_env(cache_dir, IPTABLES_SHIM_CONTEXT="host"))
+    assert listed.returncode == 0
+    assert cache_files(cache_dir) == []
+    assert add(netns, shim_env(cache_dir, **CONTAINER), "192.0.2.3").returncode == 0
+    assert holder(netns, "192.0.2.3") == ["legacy"]
+    assert add(netns, shim_env(cache_dir, IPTABLES_SHIM_CONTEXT="host"), "192.0.2.4").returncode == 0
+    assert holder(netns, "192.0.2.4") == ["nft"]  # the host's own alias, as kubelet's iptables writes
 
 
 def plant_evil(tmp_path):
@@ -253,7 +271,7 @@ def test_override_is_never_cached_nor_blocked_by_an_entry(netns, cache_dir):
 def test_entries_of_dead_netns_are_pruned_past_the_limit(netns, cache_dir):
     """A node churning pods leaves an entry per dead netns: past 1,024 entries the older half
     goes, the new entry stays, and nothing but the shim's own entries is ever deleted."""
-    from shim.cache import KEY_PREFIX, MAX_ENTRIES
+    from shim.cache import KEY_PREFIXES, MAX_ENTRIES
 
     cache_dir.mkdir(mode=0o700)
     old = [("cookie-%d" % (10 ** 9 + i)) for i in range(MAX_ENTRIES + 100)]
@@ -268,10 +286,10 @@ def test_entries_of_dead_netns_are_pruned_past_the_limit(netns, cache_dir):
     assert proc.returncode == 0, proc.stderr
     assert holder(netns, "192.0.2.91") == ["legacy"]
     key = netns_key(netns)
-    assert key.startswith(KEY_PREFIX)  # the only names prune() deletes: the keys netns_key makes
+    assert key.startswith(KEY_PREFIXES)  # the only names prune() deletes: the keys netns_key makes
     left = cache_files(cache_dir)
     assert key in left and "operator-notes" in left
-    entries = [n for n in left if n.startswith(KEY_PREFIX)]
+    entries = [n for n in left if n.startswith(KEY_PREFIXES)]
     assert len(entries) == MAX_ENTRIES // 2
     assert set(entries) == set(old[-(MAX_ENTRIES // 2 - 1):]) | {key}  # the newest survive
     assert_good_entry(cache_dir / key, "legacy")

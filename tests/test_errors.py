@@ -76,7 +76,7 @@ def test_invalid_context_is_one_line_and_runs_nothing(netns, watched, context):
 def test_invalid_context_is_an_error_on_a_cache_hit_too(netns, cache_dir):
     """A wrong setting fails every call, not only the ones that miss the cache."""
     netns.ok("iptables-legacy -A FORWARD -s 203.0.113.1 -j DROP")
-    ok, _ = call(netns, ["iptables"] + ADD, shim_env(cache_dir))
+    ok, _ = call(netns, ["iptables"] + ADD, shim_env(cache_dir, IPTABLES_SHIM_CONTEXT="container"))
     assert ok.returncode == 0 and len(cache_files(cache_dir)) == 1
     before = netns.snapshot()
     proc, _ = call(netns, ["iptables", "-A", "INPUT", "-s", "192.0.2.2", "-j", "ACCEPT"],
