@@ -54,13 +54,13 @@ def parse(args):
     return opts
 
 
-def load_settings():
+def load_settings(tree=None):
+    """The node's own settings (environment, /etc/iptables-shim.conf, the frozen tree's file), as a
+    call started from here would read them."""
+    from shim.config import load_settings as load
+
     try:
-        from shim.config import load_settings as load
-    except ImportError:
-        return dict(os.environ)
-    try:
-        settings = load(os.environ)
+        settings = load(os.environ, tree)
     except ShimError as e:
         raise DoctorError(str(e))
     settings["PATH"] = os.environ.get("PATH", "")  # the node's own PATH: what its calls search
@@ -197,7 +197,7 @@ def merge_by_cookie(entries):
     return out
 
 
-def run(args, shim_path):
+def run(args, shim_path, tree=None):
     """`iptables-shim doctor ...`: 0 no problem, 1 problems found, 2 the audit could not run."""
     from shim.doctor import output
 
@@ -205,7 +205,7 @@ def run(args, shim_path):
         sys.stdout.write(USAGE + "\n")
         return 0
     opts = parse(args)
-    settings = load_settings()
+    settings = load_settings(tree)
     report = audit(opts, settings, shim_path)
     if opts.prometheus:
         try:

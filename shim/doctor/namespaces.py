@@ -26,17 +26,14 @@ CMDLINE_MAX = 200
 class Namespace(object):
     """One network namespace: its nsfs identity and who is in it."""
 
-    __slots__ = ("ident", "names", "pids", "explicit")
+    __slots__ = ("ident", "names", "pids", "explicit", "initial")
 
-    def __init__(self, ident):
+    def __init__(self, ident, initial):
         self.ident = ident  # (st_dev, st_ino) of its nsfs file
         self.names = []  # named paths (bind mounts) leading to it
         self.pids = []  # processes in it
         self.explicit = []  # --netns paths given for it
-
-    @property
-    def initial(self):
-        return self.ident[1] == PROC_NET_INIT_INO
+        self.initial = initial
 
     def paths(self, proc="/proc"):
         """Paths that may lead to it, most stable first: a process may exit and its PID be reused."""
@@ -53,6 +50,17 @@ def nsfs_dev(proc="/proc"):
         return os.stat(proc + "/self/ns/net").st_dev
     except OSError:
         return None
+
+
+def initial_test(proc="/proc"):
+    """ident -> is it the initial network namespace: PID 1's, as this /proc shows it (inside a PID
+    namespace, that of its init: the node such a container audits), else the kernel's fixed inode
+    of the initial netns (PID 1's link can be unreadable even to root under a security module)."""
+    try:
+        init = _ident(proc + "/1/ns/net")[0]
+    except OSError:
+        return lambda ident: ident[1] == PROC_NET_INIT_INO
+    return lambda ident: ident == init
 
 
 def _ident(path):
@@ -92,20 +100,20 @@ def enumerate_all(proc="/proc"):
     A stale name is a file under a netns directory that is no namespace (left behind when its
     namespace's bind mount went away)."""
     dev = nsfs_dev(proc)
+    is_initial = initial_test(proc)
     found = {}
     stale = []
     hidden = {}
 
     def get(ident):
         if ident not in found:
-            found[ident] = Namespace(ident)
+            found[ident] = Namespace(ident, is_initial(ident))
         return found[ident]
 
-    for path in ["%s/1/ns/net" % proc]:
-        try:
-            get(_ident(path)[0])
-        except OSError:
-            pass  # not root: PID 1's namespace shows through the processes that can be read
+    try:
+        get(_ident("%s/1/ns/net" % proc)[0])
+    except OSError:
+        pass  # hidden: the initial namespace shows through the other processes in it
     for path in named_paths():
         try:
             ident, st = _ident(path)
@@ -135,6 +143,7 @@ def _order(ns):
 def given(paths, proc="/proc"):
     """The namespaces named by --netns paths, in order, each once; raises NotANamespace."""
     dev = nsfs_dev(proc)
+    is_initial = initial_test(proc)
     found = {}
     out = []
     for path in paths:
@@ -145,11 +154,36 @@ def given(paths, proc="/proc"):
         if dev is None or st.st_dev != dev or stat.S_ISDIR(st.st_mode):
             raise NotANamespace("--netns %s is not a network namespace file (such as /run/netns/NAME "
                                 "or /proc/PID/ns/net)" % path)
+        kind = namespace_type(path)
+        if kind is not None and kind != CLONE_NEWNET:
+            raise NotANamespace("--netns %s is a namespace, but not a network namespace" % path)
         if ident not in found:
-            found[ident] = Namespace(ident)
+            found[ident] = Namespace(ident, is_initial(ident))
             out.append(found[ident])
         found[ident].explicit.append(path)
     return out
+
+
+CLONE_NEWNET = 0x40000000
+NS_GET_NSTYPE = 0xB703  # ioctl on an nsfs file: its CLONE_NEW* type (Linux >= 4.11)
+
+
+def namespace_type(path):
+    """The CLONE_NEW* type of a namespace file, or None when it cannot be asked."""
+    try:
+        import fcntl  # builtin in Debian's python3-minimal
+    except ImportError:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return fcntl.ioctl(fd, NS_GET_NSTYPE)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def open_namespace(ns, proc="/proc"):

@@ -8,53 +8,11 @@ from shim.tools import BACKENDS
 METRIC = "iptables_shim_doctor"
 
 
-# -- JSON, with a fallback for python3-minimal (no json module there) ----------------------------
-
-def _string(text):
-    out = ['"']
-    for ch in text:
-        code = ord(ch)
-        if ch in '"\\':
-            out.append("\\" + ch)
-        elif code < 0x20 or 0xD800 <= code <= 0xDFFF:
-            out.append("\\u%04x" % code)  # lone surrogates too: their UTF-8 would not encode
-        else:
-            out.append(ch)
-    out.append('"')
-    return "".join(out)
-
-
-def _encode(value, indent, level):
-    pad = "\n" + " " * (indent * (level + 1))
-    end = "\n" + " " * (indent * level)
-    if value is None:
-        return "null"
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return _string(value)
-    if isinstance(value, dict):
-        if not value:
-            return "{}"
-        items = [_string(str(k)) + ": " + _encode(value[k], indent, level + 1) for k in sorted(value)]
-        return "{" + pad + ("," + pad).join(items) + end + "}"
-    if isinstance(value, (list, tuple)):
-        if not value:
-            return "[]"
-        return "[" + pad + ("," + pad).join(_encode(v, indent, level + 1) for v in value) + end + "]"
-    raise TypeError("cannot encode %r as JSON" % type(value).__name__)
-
-
 def to_json(value):
-    try:
-        import json
-    except ImportError:
-        return _encode(value, 2, 0)
-    return json.dumps(value, indent=2, sort_keys=True)
+    """JSON also on python3-minimal, which has no json module (shim.jsontext)."""
+    from shim.jsontext import dumps
+
+    return dumps(value)
 
 
 # -- the table -------------------------------------------------------------------------------------
@@ -110,7 +68,11 @@ def table(report):
         if ns["state"] == "gone":
             problems = "gone: " + ns.get("why", "")
         else:
-            problems = ",".join(p["kind"] for p in ns["problems"]) or "ok"
+            kinds = []
+            for p in ns["problems"]:
+                if p["kind"] not in kinds:
+                    kinds.append(p["kind"])
+            problems = ",".join(kinds) or "ok"
         rows.append((who_text(ns), _backend_text(s.get("nft")), _backend_text(s.get("legacy")),
                      _decision_text(ns), problems))
     widths = [min(48, max(len(r[i]) for r in rows)) for i in range(4)]
@@ -118,9 +80,11 @@ def table(report):
     for r in rows:
         cells = [r[i][:widths[i]].ljust(widths[i]) for i in range(4)] + [r[4]]
         lines.append("  ".join(cells).rstrip())
-    for ns in report["namespaces"]:
-        for p in ns.get("problems", ()):
-            lines.append("%s: %s: %s" % (who_text(ns).split(" ", 1)[0], p["kind"], p["detail"]))
+    details = [(ns, p) for ns in report["namespaces"] for p in ns.get("problems", ())]
+    if details:
+        lines.append("")
+    for ns, p in details:
+        lines.append("%s: %s: %s" % (who_text(ns).split(" ", 1)[0], p["kind"], p["detail"]))
     c = report["counts"]
     lines.append("")
     lines.append("%d namespaces audited, %d gone during the audit, %d with problems in %.2f s%s" % (

@@ -43,10 +43,11 @@ def find(reading, initial):
     found = []
     backends = reading["backends"]
     for b in BACKENDS:
-        for f in FAMILIES:
-            err = backends[b][f]["error"]
-            if err:
-                found.append((UNREADABLE, "%s %s: %s" % (b, f, err)))
+        errors = [(f, backends[b][f]["error"]) for f in FAMILIES if backends[b][f]["error"]]
+        if len(errors) == len(FAMILIES) and len(set(e for _, e in errors)) == 1:
+            found.append((UNREADABLE, "%s: %s" % (b, errors[0][1])))  # one probe for both families
+        else:
+            found.extend((UNREADABLE, "%s %s: %s" % (b, f, e)) for f, e in errors)
     s = summary(backends)
     nft, legacy = s["nft"], s["legacy"]
     if nft["rules"] and legacy["rules"]:
