@@ -1,7 +1,9 @@
-"""Issue 3: the kernel probes. They see both backends whatever binaries an image has (so the shim
-refuses instead of writing where the host does not read), their cost does not grow with the
-ruleset, they change nothing, they see what iptables-nft-save hides, and where the kernel refuses
-them the `*-save` probe answers and `explain` says so.
+"""The kernel probes on a real kernel (README "How it decides"). They see both backends whatever
+binaries an image has (so the shim refuses instead of writing where the host does not read), their
+cost does not grow with the ruleset, they change nothing, they see what iptables-nft-save hides,
+and where the kernel refuses them the `*-save` probe answers and `explain` says so. What they
+conclude from each kind of reply, without a kernel: tests/unit/test_nft_kernel.py and
+tests/unit/test_legacy_kernel.py.
 
 The container here is tests/rootfs.py's Image: a root filesystem with only the binaries we give it,
 entered with its own mount and PID namespaces and chroot, in the test's netns.
@@ -203,30 +205,22 @@ def test_no_legacy_table_means_no_socket_at_all(netns, tmp_path):
 
 
 # --- nf_tables not loaded: not asked (asking would load the module) ---
+# Which traces say what: tests/unit/test_kernel_support.py. Here: that the probe obeys them.
 
 def fake_roots(tmp_path, loaded=None, builtin=None):
+    """/proc, /sys and /lib/modules stand-ins: `loaded` modules in /proc/modules (None: the file
+    cannot be read), `builtin` in modules.builtin (None: no index)."""
     proc, sysfs, libmod = tmp_path / "proc", tmp_path / "sys", tmp_path / "lib-modules"
     for d in (proc, sysfs / "module", libmod / os.uname().release):
         d.mkdir(parents=True)
     if loaded is not None:
         (proc / "modules").write_text("".join("%s 1 0 - Live 0x0\n" % m for m in loaded))
+    else:
+        (proc / "modules").mkdir()  # there, but unreadable (EISDIR)
     if builtin is not None:
         (libmod / os.uname().release / "modules.builtin").write_text(
             "".join("kernel/net/netfilter/%s.ko\n" % m for m in builtin))
     return str(proc), str(sysfs), str(libmod)
-
-
-@pytest.mark.parametrize("loaded,builtin,expected", [
-    (["nf_tables", "nfnetlink"], None, True),  # a loaded module
-    (["nfnetlink"], ["nf_tables"], True),  # built in, no /sys/module entry
-    (["nfnetlink"], ["x_tables"], False),  # a module, not loaded: no nft rule can exist
-    (["nfnetlink"], None, None),  # cannot tell
-    (None, None, True),  # no /proc/modules: a kernel without modules, nothing can be loaded
-], ids=["loaded", "built in", "not loaded", "unknown", "no module support"])
-def test_nf_tables_presence(tmp_path, loaded, builtin, expected):
-    from shim.facts import nft_kernel
-
-    assert nft_kernel.nf_tables_present(*fake_roots(tmp_path, loaded, builtin)) is expected
 
 
 def test_nf_tables_not_loaded_is_answered_without_asking_and_unknown_falls_back(netns, tmp_path):
@@ -234,7 +228,7 @@ def test_nf_tables_not_loaded_is_answered_without_asking_and_unknown_falls_back(
     proc, sysfs, libmod = fake_roots(tmp_path, ["nfnetlink"], ["x_tables"])
     code = ("from shim.facts import nft_kernel, rules\nfrom shim.facts.xtables import Unavailable\n"
             "out = [nft_kernel.probe(%r, %r, %r)]\n" % (proc, sysfs, libmod))
-    unknown = fake_roots(tmp_path / "unknown", ["nfnetlink"], None)
+    unknown = fake_roots(tmp_path / "unknown", None, None)
     code += ("try:\n    nft_kernel.probe(%r, %r, %r)\nexcept Unavailable as e:\n    out.append(str(e))\n" % unknown)
     code += "print(json.dumps(out))\n"
     # The fake roots say "a module, not loaded": the probe trusts them and opens no socket.
@@ -295,3 +289,41 @@ def test_without_ctypes_the_legacy_probe_falls_back_to_save(netns):
     assert in_netns(netns, code) == {
         "rules": True, "hint": False,
         "source": "save; kernel probe unavailable: no ctypes to call getsockopt with a table name"}
+
+
+# --- per family, and an unreadable table list ---
+
+def test_per_family_probes(netns):
+    """probe_families() on a real kernel: each family's own tables, rules and hint, in both
+    backends; the aggregate probe() is any family's; and asking changes nothing."""
+    netns.ok("iptables-nft -A INPUT -j ACCEPT; ip6tables-nft -t mangle -N KUBE-IPTABLES-HINT; "
+             "ip6tables-legacy -t raw -A PREROUTING -j ACCEPT; iptables-legacy -t mangle -N KUBE-KUBELET-CANARY; "
+             "iptables-legacy -t nat -N EMPTY")
+    before = netns.snapshot()
+    code = ("from shim.facts import nft_kernel, legacy_kernel\n"
+            "print(json.dumps({b: [{f: s.as_dict() for f, s in m.probe_families().items()}, m.probe()]\n"
+            "                  for b, m in (('nft', nft_kernel), ('legacy', legacy_kernel))}))\n")
+    out = in_netns(netns, code)
+    assert out["nft"] == [{"iptables": {"tables": ["filter"], "rules": True, "hint": False},
+                           "ip6tables": {"tables": ["mangle"], "rules": False, "hint": True}}, [True, True]]
+    assert out["legacy"] == [{"iptables": {"tables": ["mangle", "nat"], "rules": False, "hint": True},
+                              "ip6tables": {"tables": ["raw"], "rules": True, "hint": False}}, [True, True]]
+    assert netns.snapshot() == before
+
+
+CAP_NET_ADMIN_ONLY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                      "--inh-caps=+net_admin,+net_raw", "--ambient-caps=+net_admin,+net_raw", "--"]
+
+
+def test_unreadable_legacy_table_list_is_unknown_not_empty(netns):
+    """/proc/net/ip_tables_names is 0440 root: a caller with CAP_NET_ADMIN but another uid gets
+    EACCES. That must leave the fact open (SPEC "Facts"), never read as "no legacy tables": the
+    shim would then write into nft while legacy holds rules."""
+    netns.ok(LEGACY_RULE)
+    code = ("import json, sys\nsys.path.insert(0, %r)\n"
+            "from shim.facts import legacy_kernel\nfrom shim.facts.xtables import Unavailable\n"
+            "try:\n    print(json.dumps(legacy_kernel.probe()))\n"
+            "except Unavailable as e:\n    print(json.dumps(str(e)))\n" % REPO)
+    r = netns.run(CAP_NET_ADMIN_ONLY + ["/usr/bin/python3", "-I", "-S", "-c", code])
+    assert r.returncode == 0, r.stderr.decode()
+    assert json.loads(r.stdout.decode()) == "cannot read /proc/net/ip_tables_names: Permission denied"
