@@ -19,7 +19,7 @@ from shim import cache
 from shim.config import CACHE, CACHE_DIR, CONTEXT, MODE
 from shim.errors import ShimError
 from shim.facts import netns
-from shim.facts.binaries import alias_backend, backend_from_links, find_on_path, identity
+from shim.facts.binaries import alias_backend, find_on_path, identity
 from shim.policy import CACHEABLE_STEPS, Decision, Facts, Undecided, choose_binary, decide, override
 from shim.tools import BACKENDS, FAMILIES, TOOL_SUFFIXES, split_name, variant_name
 
@@ -74,7 +74,8 @@ def kernel_support(proc):
     return support, why
 
 
-def caller_facts(settings, found, shim_path, proc, need_alias_backend):
+def caller_facts(settings, proc):
+    """The caller's context and privilege: a few system calls, read on every call."""
     from shim.facts import context, privilege
 
     forced = settings.get(CONTEXT)
@@ -83,20 +84,23 @@ def caller_facts(settings, found, shim_path, proc, need_alias_backend):
     else:
         ctx, ctx_why = context.detect_context(proc)
     privileged, privilege_why = privilege.net_admin(proc)
-    alias_name, alias_path = default_alias(found)
-    backend, how = None, "absent"
-    if alias_path:
-        backend, how = backend_from_links(alias_path), "symlink chain"
-        if not backend and need_alias_backend:
-            backend, how = alias_backend(alias_path, shim_path)  # runs `--version`: a process
-        elif not backend:
-            how = "not read"
-    support, support_why = {}, {}
-    if alias_path and (need_alias_backend or ctx == "host" or privileged is False):
-        support, support_why = kernel_support(proc)
     return CallerFacts(context=ctx, context_why=ctx_why, privileged=privileged, privilege_why=privilege_why,
-                       alias_name=alias_name, alias_path=alias_path, alias_backend=backend, alias_how=how,
-                       support=support, support_why=support_why)
+                       alias_how="not read", support={}, support_why={})
+
+
+def add_alias_facts(caller, found, shim_path, proc):
+    """The default alias on the caller's PATH, its backend (from its symlink chain, else from
+    `--version`, a process) and the kernel's support for the backends."""
+    caller.alias_name, caller.alias_path = default_alias(found)
+    caller.alias_backend, caller.alias_how = None, "absent"
+    if caller.alias_path:
+        caller.alias_backend, caller.alias_how = alias_backend(caller.alias_path, shim_path)
+        caller.support, caller.support_why = kernel_support(proc)
+    return caller
+
+
+def caller_alone_could_answer(caller):
+    return caller.context == "host" or caller.privileged is False
 
 
 def answers_alone(caller):
@@ -118,56 +122,26 @@ def resolve(name, settings, shim_path, consult_cache=True, gather_all=False, pro
     entry is still read, into .cached). gather_all: every fact, even where fewer would answer
     (explain, doctor); the decision is the same."""
     r = Resolution(name)
-    family, suffix = split_name(name)
-    path_env = settings.get("PATH")
     own = identity(shim_path)
     shim_ids = {own} if own else set()
     r.cache_dir = cache.cache_dir(settings.get(CACHE), settings.get(CACHE_DIR))
     r.cache_key = netns.netns_key() if r.cache_dir else None
-    if r.cache_key and r.cache_dir:
+    if r.cache_key:
         r.cached = cache.load(r.cache_dir, r.cache_key)
-    variants = [variant_name(family, b, suffix) for b in BACKENDS]
     try:
         mode = settings.get(MODE)
         if mode and not gather_all:
             r.decision, r.source, r.how = override(mode), "override", "override, not cached"
-            r.found = find_on_path([variant_name(family, mode, suffix), name], path_env, shim_ids)
-            _choose(r, family, suffix, shim_path)
-            return r
-        r.found = find_on_path(list(ALIAS_ORDER) + variants, path_env, shim_ids)
-        r.caller = caller_facts(settings, r.found, shim_path, proc, need_alias_backend=gather_all)
-        if not gather_all:
-            decision = answers_alone(r.caller)
-            if decision is None and r.caller.alias_path and r.caller.alias_backend is None and (
-                    r.caller.context == "host" or r.caller.privileged is False):
-                r.caller = caller_facts(settings, r.found, shim_path, proc, need_alias_backend=True)
-                decision = answers_alone(r.caller)
-            if decision is not None:
-                r.decision, r.source = decision, "caller"
-                r.how = "answered by the caller's own facts, not cached"
-                _choose(r, family, suffix, shim_path)
-                return r
-            if consult_cache and r.cached and r.cached[1] in CACHEABLE_STEPS:
-                r.decision, r.source = Decision(*r.cached), "cache"
-                r.how = "cache hit %s/%s" % (r.cache_dir, r.cache_key)
-                _choose(r, family, suffix, shim_path)
-                return r
-            if r.caller.alias_path and r.caller.alias_backend is None:
-                r.caller = caller_facts(settings, r.found, shim_path, proc, need_alias_backend=True)
-        if not r.caller.support:
-            r.caller.support, r.caller.support_why = kernel_support(proc)
-        from shim.gather import gather  # the cold path: probes
-
-        g = gather(r.caller, path_env, shim_ids, proc)
-        r.facts, r.states, r.found = g.facts, g.states, g.found
-        r.netns_kind, r.path_dirs = g.netns_kind, g.path_dirs
-        r.facts.mode = mode or None
-        r.decision, r.source = decide(r.facts), "facts"
-        if not r.decision.cacheable and r.decision.step >= 6 and r.cache_dir and not r.cache_key:
-            remembered = _remembered(r, proc)
-            if remembered:
-                r.decision, r.source = remembered, "memory"
-        _choose(r, family, suffix, shim_path)
+        else:
+            r.caller = caller_facts(settings, proc)
+            if gather_all or not (_by_caller(r, settings, shim_ids, shim_path, proc)
+                                  or consult_cache and _by_cache(r)):
+                _by_facts(r, settings, shim_ids, shim_path, proc)
+        if r.found is None:  # only the names this answer can run
+            family, suffix = split_name(name)
+            r.found = find_on_path([variant_name(family, r.decision.backend, suffix), name],
+                                   settings.get("PATH"), shim_ids)
+        _choose(r, shim_path)
         r.store = _what_to_store(r)
     except ShimError as e:
         r.error = str(e)
@@ -175,9 +149,57 @@ def resolve(name, settings, shim_path, consult_cache=True, gather_all=False, pro
     return r
 
 
-def _choose(r, family, suffix, shim_path):
+def _search(r, settings, shim_ids, shim_path, proc):
+    """Every name the policy may need on PATH, and the default alias's facts."""
+    family, suffix = split_name(r.name)
+    variants = [variant_name(family, b, suffix) for b in BACKENDS]
+    r.found = find_on_path(list(ALIAS_ORDER) + variants, settings.get("PATH"), shim_ids)
+    add_alias_facts(r.caller, r.found, shim_path, proc)
+
+
+def _by_caller(r, settings, shim_ids, shim_path, proc):
+    """Step 0 or 2 from the caller's own facts, where they answer whatever the netns holds."""
+    if not caller_alone_could_answer(r.caller):
+        return False
+    _search(r, settings, shim_ids, shim_path, proc)
+    decision = answers_alone(r.caller)
+    if decision is None:
+        return False
+    r.decision, r.source, r.how = decision, "caller", "answered by the caller's own facts, not cached"
+    return True
+
+
+def _by_cache(r):
+    if not (r.cached and r.cached[1] in CACHEABLE_STEPS):
+        return False
+    r.decision, r.source = Decision(*r.cached), "cache"
+    r.how = "cache hit %s/%s" % (r.cache_dir, r.cache_key)
+    return True
+
+
+def _by_facts(r, settings, shim_ids, shim_path, proc):
+    """The cold path: every fact, kernel probes included, then the policy."""
+    from shim.gather import gather
+
+    if r.found is None:
+        _search(r, settings, shim_ids, shim_path, proc)
+    if not r.caller.support:
+        r.caller.support, r.caller.support_why = kernel_support(proc)
+    g = gather(r.caller, settings.get("PATH"), shim_ids, proc)
+    r.facts, r.states, r.found = g.facts, g.states, g.found
+    r.netns_kind, r.path_dirs = g.netns_kind, g.path_dirs
+    r.facts.mode = settings.get(MODE)
+    r.decision, r.source = decide(r.facts), "facts"
+    if not r.decision.cacheable and r.decision.step >= 6 and r.cache_dir and not r.cache_key:
+        remembered = _remembered(r, proc)
+        if remembered:
+            r.decision, r.source = remembered, "memory"
+
+
+def _choose(r, shim_path):
     """The binary for r.decision (ShimError when it is not on PATH)."""
-    name = family + suffix
+    name = r.name
+    family, suffix = split_name(name)
     wanted = variant_name(family, r.decision.backend, suffix)
     alias_path = r.found.get(name)
     backend_of_alias = None
@@ -191,6 +213,8 @@ def _choose(r, family, suffix, shim_path):
 
 def _what_to_store(r):
     """(directory, key) to store r.decision under once its binary runs, or None; sets r.how."""
+    if r.source != "facts" and r.source != "memory":
+        return None
     if r.source == "memory":
         r.how = "no rules now; remembered from %s/%s" % (r.cache_dir, netns.inode_key())
         return None
