@@ -457,3 +457,48 @@ def test_frozen_build_gives_the_same_json(twenty, tmp_path):
         pytest.skip(why)
     _, cache_dir, by_case = twenty
     assert_frozen_doctor_matches_source(frozen, list(by_case.values()), cache_dir, tmp_path)
+
+
+def test_nft_rules_of_both_families_beyond_one_dump_batch_are_read(tmp_path):
+    """IPv4 rules filling more than one netlink batch, and IPv6 rules: the IPv4 rule dump is left
+    at its first rule, and asking for the IPv6 one on the same socket is refused (EBUSY), which
+    made a dual-stack node with a large ruleset `unreadable`."""
+    rules = "\n".join(["*filter", ":INPUT ACCEPT [0:0]"] + ["-A INPUT -s 10.0.%d.%d/32 -j ACCEPT" % (i >> 8, i & 255)
+                                                           for i in range(3000)] + ["COMMIT", ""])
+    (ns,) = make_netns(["dual-%d" % os.getpid()])
+    try:
+        r = ns.run(["iptables-nft-restore"], input=rules.encode())
+        assert r.returncode == 0, r.stderr
+        ns.ok("ip6tables-nft -A INPUT -j ACCEPT")
+        r = subprocess.run([SHIM, "doctor", "--json", "--netns", ns.path], env=shim_env(tmp_path / "c", tmp_path),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+    finally:
+        delete_netns([ns])
+    (entry,) = json.loads(r.stdout)["namespaces"]
+    assert entry["problems"] == [], entry["problems"]
+    assert entry["backends"]["nft"]["iptables"]["rules"] is True
+    assert entry["backends"]["nft"]["ip6tables"]["rules"] is True
+    assert r.returncode == 0
+
+
+def test_a_reader_that_dies_or_hangs_costs_its_namespace_only(monkeypatch):
+    """The worker reading one namespace is killed by a signal, another hangs past the time limit:
+    those two are reported with why, every other key is read, by fresh workers."""
+    from shim.doctor import enter
+
+    monkeypatch.setattr(enter, "CHILD_TIMEOUT", 1.0)
+    monkeypatch.setattr(enter, "BATCH", 4)
+
+    def work(key):
+        if key == 3:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if key == 7:
+            time.sleep(30)
+        return {"ok": key * 2, "pid": os.getpid()}
+
+    results = enter.run_all(list(range(20)), work, parallel=2)
+    assert sorted(results) == list(range(20))
+    assert results[3] == {"error": "the reading worker died of signal 9"}
+    assert "longer than 1 s" in results[7]["error"]
+    assert all(results[k]["ok"] == k * 2 for k in results if k not in (3, 7))
+    assert len({results[k]["pid"] for k in results if k not in (3, 7)}) >= 5  # batches of 4: fresh workers

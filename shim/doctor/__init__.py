@@ -108,38 +108,39 @@ def audit(opts, settings, shim_path, proc="/proc"):
         own = None
 
     entries = [describe(ns, proc) for ns in found]
-    gone = {}
     # This process's own netns is read here first, without a child: every module and lazily built
-    # state the reading needs is then loaded once, and each child inherits it (a child importing
-    # the cold path itself cost ~30 ms per namespace). Needs no CAP_SYS_ADMIN either.
+    # state the reading needs is then loaded once, and every worker inherits it (a worker importing
+    # the cold path itself cost ~30 ms). Needs no CAP_SYS_ADMIN either.
     try:
         here = {"ok": reading.read_here(settings, shim_path, proc)}
     except Exception as e:  # as a child would report it
         here = {"error": "%s: %s" % (type(e).__name__, e)}
 
-    def on_start(job):
-        ns = found[job.key]
-        if ns.ident == own:
-            return None
-        fd, why = namespaces.open_namespace(ns, proc)
-        if fd is None:
-            gone[job.key] = why
-            return None
-        job.fd = fd
-        return job
+    setns = enter.setns_function()
 
-    results = enter.run_all([enter.Job(i, None) for i in range(len(found))],
-                            lambda key: reading.read_here(settings, shim_path, proc),
-                            parallel=parallelism(), on_start=on_start)
+    def read_in(key):
+        """In a worker: join namespace `key` through a path that still leads to it, and read."""
+        fd, why = namespaces.open_namespace(found[key], proc)
+        if fd is None:
+            return {"gone": why}
+        try:
+            enter.join(setns, fd)
+        except OSError as e:
+            return {"enter_error": e.strerror or str(e), "errno": e.errno or 0}
+        finally:
+            os.close(fd)
+        return {"ok": reading.read_here(settings, shim_path, proc)}
+
+    results = enter.run_all([i for i, ns in enumerate(found) if ns.ident != own], read_in,
+                            parallel=parallelism())
     for i, ns in enumerate(found):
         if ns.ident == own:
             results[i] = here
     for i, entry in enumerate(entries):
-        if i in gone:
-            entry.update(state="gone", why=gone[i], problems=[])
-            continue
         result = results.get(i) or {"error": "no result"}
-        if "ok" in result:
+        if "gone" in result:
+            entry.update(state="gone", why=result["gone"], problems=[])
+        elif "ok" in result:
             data = result["ok"]
             entry.update(data)
             entry["state"] = "audited"
