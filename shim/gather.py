@@ -33,7 +33,10 @@ def save_binaries(backend, found, alias_backend):
 
 def gather(caller, path_env, shim_ids, proc="/proc"):
     """Gathered for this netns. `caller` is the caller's own facts (shim.resolve.CallerFacts)."""
-    found = binaries.find_on_path(all_variant_names() + sorted(SHIM_NAMES), path_env, shim_ids)
+    from shim.resolve import with_recorded_aliases
+
+    found = with_recorded_aliases(
+        binaries.find_on_path(all_variant_names() + sorted(SHIM_NAMES), path_env, shim_ids), shim_ids)
     states = {}
     for backend in BACKENDS:
         save_paths = save_binaries(backend, found, caller.alias_backend)

@@ -15,6 +15,8 @@ On a cache hit this module and what it imports use the builtin posix module only
 (tests/test_hot_path.py).
 """
 
+import posix
+
 from shim import cache
 from shim.config import CACHE, CACHE_DIR, CONTEXT, MODE
 from shim.errors import ShimError
@@ -139,8 +141,10 @@ def resolve(name, settings, shim_path, consult_cache=True, gather_all=False, pro
                 _by_facts(r, settings, shim_ids, shim_path, proc)
         if r.found is None:  # only the names this answer can run
             family, suffix = split_name(name)
-            r.found = find_on_path([variant_name(family, r.decision.backend, suffix), name],
-                                   settings.get("PATH"), shim_ids)
+            wanted = variant_name(family, r.decision.backend, suffix)
+            r.found = find_on_path([wanted, name], settings.get("PATH"), shim_ids)
+            if wanted not in r.found and name not in r.found:
+                r.found = with_recorded_aliases(r.found, shim_ids)
         _choose(r, shim_path)
         r.store = _what_to_store(r)
     except ShimError as e:
@@ -149,11 +153,30 @@ def resolve(name, settings, shim_path, consult_cache=True, gather_all=False, pro
     return r
 
 
+def with_recorded_aliases(found, shim_ids):
+    """`found` plus, for the plain names PATH gave nothing for, the choice `install
+    --alternatives` recorded before it made the shim the alternative (PATH's /usr/sbin/iptables
+    then leads to the shim and is skipped): that choice is the default alias (README "Install and
+    uninstall"). One stat where nothing was installed that way."""
+    if all(name in found for name in ALIAS_ORDER):
+        return found
+    from shim.install import STATE_FILE, recorded_aliases
+
+    try:
+        posix.stat(STATE_FILE)
+    except OSError:
+        return found
+    for name, path in recorded_aliases(shim_ids).items():
+        found.setdefault(name, path)
+    return found
+
+
 def _search(r, settings, shim_ids, shim_path, proc):
     """Every name the policy may need on PATH, and the default alias's facts."""
     family, suffix = split_name(r.name)
     variants = [variant_name(family, b, suffix) for b in BACKENDS]
-    r.found = find_on_path(list(ALIAS_ORDER) + variants, settings.get("PATH"), shim_ids)
+    r.found = with_recorded_aliases(find_on_path(list(ALIAS_ORDER) + variants, settings.get("PATH"), shim_ids),
+                                    shim_ids)
     add_alias_facts(r.caller, r.found, shim_path, proc)
 
 
