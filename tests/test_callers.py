@@ -249,6 +249,7 @@ def test_caller_matrix_never_writes_into_the_other_backend(netns, shared_root, r
             assert d.returncode != 0, "a caller without CAP_NET_ADMIN wrote a rule: the test set-up is wrong"
         r = run_in(ns.path, prefix, WRITE, layout.env(caller, **extra), userns_pid=upid)
         outcome = classify(ns, rules_backend, r, direct)
+        print("%s rules, %s caller, cache %s: %s" % (rules_backend, caller, cache, outcome))
         assert ns.rules(OTHER[rules_backend]) == before_other
         if not PRIVILEGED[caller]:
             assert outcome in ("as the alias", "refused"), outcome
