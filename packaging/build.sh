@@ -7,7 +7,14 @@
 #                                 $IPTABLES_SHIM_BUILD_ROOT (default /var/cache/iptables-shim-build/bullseye).
 #   packaging/build.sh --host     quick build with this machine's /usr/bin/python3: runs only where
 #                                 glibc is at least this machine's (bookworm: 2.36; not on bullseye).
-#   --out DIR                     put iptables-shim/ in DIR instead of dist/
+#   packaging/build.sh --arch arm64   the portable build for aarch64 on an x86-64 machine: the
+#                                 bullseye tree is arm64 ($IPTABLES_SHIM_BUILD_ROOT, default
+#                                 /var/cache/iptables-shim-build/bullseye-arm64), its programs run
+#                                 by qemu-user-static through a binfmt_misc entry registered only in
+#                                 a private user namespace (the machine's own binfmt_misc is left as
+#                                 it is). Needs qemu-user-static; result in dist/arm64/ by default.
+#                                 Slow: everything in the tree runs emulated (see README).
+#   --out DIR                     put iptables-shim/ in DIR instead of dist/ (dist/ARCH/ for --arch)
 #   --onefile                     also build DIR/onefile/iptables-shim (one file; for measurement only)
 #
 # The result: dist/iptables-shim/iptables-shim (a multi-call executable dispatching on argv[0]),
@@ -23,6 +30,12 @@ MIRROR="${IPTABLES_SHIM_MIRROR:-http://deb.debian.org/debian}"
 NAMES="iptables iptables-save iptables-restore ip6tables ip6tables-save ip6tables-restore"
 ROOT_PACKAGES=python3,python3-venv,libpython3.9,binutils,ca-certificates
 STAMP=.iptables-shim-build-root
+HOST_ARCH=$(dpkg --print-architecture 2>/dev/null || uname -m | sed 's/x86_64/amd64/; s/aarch64/arm64/')
+ARCH=$HOST_ARCH
+# aarch64 ELF executables, for the kernel's binfmt_misc: Debian's qemu-aarch64 magic and mask
+# (qemu-user-static's /usr/lib/binfmt.d/qemu-aarch64.conf). F: the interpreter is opened when the
+# entry is registered, so it need not exist inside the chroot.
+BINFMT_ARM64=':iptables-shim-arm64:M::\x7f\x45\x4c\x46\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\xb7\x00:\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff:/usr/bin/qemu-aarch64-static:F'
 
 say() { echo "build.sh: $*" >&2; }
 die() { echo "build.sh: $*" >&2; exit 1; }
@@ -61,17 +74,59 @@ add_links() {
     done
 }
 
+# in_root ROOT CMD...: CMD chrooted into ROOT, in a private mount namespace with /proc and /dev
+# mounted there (gone when it ends). For a foreign architecture, also in a private user namespace
+# (ids mapped one to one: files get their real owners) and PID namespace, whose own binfmt_misc
+# instance (Linux 6.7+) runs the tree's executables with qemu-user-static: nothing is registered
+# on the machine itself.
+in_root() {
+    local root=$1 enter='mount -t proc proc "$1/proc" && mount --rbind /dev "$1/dev" && r=$1 && shift && exec chroot "$r" "$@"'
+    shift
+    if [ "$ARCH" = "$HOST_ARCH" ]; then
+        unshare -m --propagation private sh -c "$enter" sh "$root" "$@"
+        return
+    fi
+    local sync pid rc=0
+    sync=$(mktemp -d)
+    mkfifo "$sync/go"
+    unshare --user --mount --pid --fork --kill-child sh -c '
+        read _ <"$1" && shift &&
+        mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc &&
+        printf "%s" "$1" >/proc/sys/fs/binfmt_misc/register && shift && '"$enter" \
+        sh "$sync/go" "$BINFMT_ARM64" "$root" "$@" &
+    pid=$!
+    # The maps can be written once unshare has made the namespace; then let it go on.
+    while [ "$(readlink "/proc/$pid/ns/user")" = "$(readlink /proc/self/ns/user)" ]; do sleep 0.02; done
+    echo "0 0 4294967295" >"/proc/$pid/uid_map"
+    echo "0 0 4294967295" >"/proc/$pid/gid_map"
+    echo go >"$sync/go"
+    wait "$pid" || rc=$?
+    rm -rf "$sync"
+    return "$rc"
+}
+
 ensure_build_root() {
-    local root=$1
-    # The stamp holds the package list: a root made with other packages is made again.
-    [ "$(cat "$root/$STAMP" 2>/dev/null)" = "$SUITE $ROOT_PACKAGES" ] && return 0
+    local root=$1 foreign=()
+    # The stamp holds the suite, architecture and package list: a root made otherwise is made again.
+    [ "$(cat "$root/$STAMP" 2>/dev/null)" = "$SUITE $ARCH $ROOT_PACKAGES" ] && return 0
     command -v debootstrap >/dev/null || die "debootstrap is missing: apt-get install -y debootstrap (or use --host)"
-    say "creating the $SUITE build root in $root (debootstrap, about a minute)"
+    if [ "$ARCH" != "$HOST_ARCH" ]; then
+        [ "$ARCH" = arm64 ] || die "--arch $ARCH: only arm64 can be built on this $HOST_ARCH machine"
+        [ -x /usr/bin/qemu-aarch64-static ] || die "qemu-user-static is missing: apt-get install -y qemu-user-static"
+        foreign=(--arch="$ARCH" --foreign)
+    fi
+    say "creating the $SUITE $ARCH build root in $root (debootstrap: a minute native, several emulated)"
     rm -rf "$root"
     mkdir -p "$(dirname "$root")"
-    debootstrap --variant=minbase --include="$ROOT_PACKAGES" "$SUITE" "$root" "$MIRROR" >"$root.log" 2>&1 ||
-        die "debootstrap failed, see $root.log"
-    echo "$SUITE $ROOT_PACKAGES" >"$root/$STAMP"
+    debootstrap ${foreign[@]+"${foreign[@]}"} --variant=minbase --include="$ROOT_PACKAGES" "$SUITE" "$root" "$MIRROR" \
+        >"$root.log" 2>&1 || die "debootstrap failed, see $root.log"
+    if [ ${#foreign[@]} -gt 0 ]; then
+        # container=lxc: debootstrap then skips its mknod test, which a user namespace refuses
+        # (the devices are bind-mounted from the host's /dev).
+        in_root "$root" /usr/bin/env container=lxc /debootstrap/debootstrap --second-stage >>"$root.log" 2>&1 ||
+            die "debootstrap --second-stage (emulated) failed, see $root.log"
+    fi
+    echo "$SUITE $ARCH $ROOT_PACKAGES" >"$root/$STAMP"
 }
 
 # Build inside the bullseye tree: copy the sources in, run this script there with --inside, copy
@@ -94,9 +149,7 @@ portable_build() {
         cp -L "$ca" "$root/opt/build/host-ca.crt"
         pass+=("PIP_CERT=/opt/build/host-ca.crt")
     fi
-    unshare -m --propagation private sh -c '
-        mount -t proc proc "$1/proc" && mount --rbind /dev "$1/dev" && shift && exec chroot "$@"' \
-        sh "$root" "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LC_ALL=C.UTF-8 \
+    in_root "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LC_ALL=C.UTF-8 \
         PYINSTALLER_VERSION="$PYINSTALLER_VERSION" ${pass[@]+"${pass[@]}"} \
         /bin/bash /opt/build/src/packaging/build.sh --inside ${onefile:+--onefile}
     rm -rf "$out/iptables-shim" "$out/onefile"
@@ -106,18 +159,28 @@ portable_build() {
 }
 
 main() {
-    local mode=portable out="$REPO/dist" onefile= root="${IPTABLES_SHIM_BUILD_ROOT:-/var/cache/iptables-shim-build/$SUITE}"
+    local mode=portable out= onefile= root
     while [ $# -gt 0 ]; do
         case $1 in
+            --arch) ARCH=$2; shift ;;
             --host) mode=host ;;
             --inside) mode=inside ;;
             --onefile) onefile=1 ;;
             --out) out=$(realpath -m "$2"); shift ;;
-            -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+            -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
             *) die "unknown option $1 (see --help)" ;;
         esac
         shift
     done
+    case $ARCH in amd64|arm64) ;; *) die "--arch $ARCH: amd64 or arm64" ;; esac
+    [ "$mode" != host ] || [ "$ARCH" = "$HOST_ARCH" ] || die "--host builds for this machine's $HOST_ARCH only"
+    if [ "$ARCH" = "$HOST_ARCH" ]; then
+        out=${out:-$REPO/dist}
+        root=${IPTABLES_SHIM_BUILD_ROOT:-/var/cache/iptables-shim-build/$SUITE}
+    else
+        out=${out:-$REPO/dist/$ARCH}
+        root=${IPTABLES_SHIM_BUILD_ROOT:-/var/cache/iptables-shim-build/$SUITE-$ARCH}
+    fi
     local t0=$SECONDS
     case $mode in
         inside) pyinstaller_build /usr/bin/python3 /opt/build /opt/build/src /opt/build/out "$onefile"; return ;;
@@ -129,7 +192,7 @@ main() {
     esac
     add_links "$out/iptables-shim"
     [ -z "$onefile" ] || add_links "$out/onefile"
-    say "built $out/iptables-shim ($mode, $((SECONDS - t0)) s); glibc needed: $(
+    say "built $out/iptables-shim ($mode, $ARCH, $((SECONDS - t0)) s); glibc needed: $(
         objdump -T "$out"/iptables-shim/_internal/libpython3*.so* 2>/dev/null | grep -o 'GLIBC_[0-9.]*' | sort -V | tail -1 || echo '?')"
 }
 

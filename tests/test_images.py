@@ -12,11 +12,13 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 
 import pytest
 
 from conftest import REPO, SYSTEM_PATH
 from images import Workspace
+from rootfs import make_netns  # noqa: F401 (a fixture)
 
 pytestmark = [
     pytest.mark.images,
@@ -240,3 +242,106 @@ def test_read_only_root_filesystem(built, netns):
     assert out.strip() != "onefile-rc=0", (out, err)
     assert "Could not create temporary directory" in err, err
     built.ws.log("onefile on a read-only root: %s / %s" % (out.strip(), err.strip().splitlines()[-1]))
+
+
+# -- the image to copy from (packaging/image.sh) ------------------------------------------------
+
+VERSION = [l.split('"')[1] for l in open(os.path.join(REPO, "pyproject.toml")) if l.startswith("version = ")][0]
+SHIM_IMAGE = "localhost/iptables-shim"
+
+
+def elf_machine(path):
+    """e_machine of an ELF file: 62 x86-64, 183 aarch64."""
+    with open(path, "rb") as f:
+        head = f.read(20)
+    assert head[:4] == b"\x7fELF", path
+    return int.from_bytes(head[18:20], "little")
+
+
+def make_shim_images(ws, trees):
+    """packaging/image.sh over {arch: frozen tree}: iptables-shim:VERSION-ARCH and the manifest,
+    in the workspace's storage. Returns the names image.sh printed."""
+    env = {"BUILDAH": "buildah --root %s --runroot %s" % (ws.storage, ws.runroot), "CONTAINERS_CONF": ws.conf}
+    args = [os.path.join(REPO, "packaging", "image.sh")]
+    for arch, tree in sorted(trees.items()):
+        args += ["--tree", "%s=%s" % (arch, tree)]
+    r = ws.run(args, what="packaging/image.sh %s" % " ".join(sorted(trees)), env=dict(os.environ, **env))
+    return r.stdout.decode().split()
+
+
+def image_files(ws, image):
+    """{relative path: absolute path in a mounted working container} of an image, and a cleanup."""
+    ctr = ws.buildah(["from", "--pull-never", image], what="buildah from " + image).stdout.decode().split()[-1]
+    mnt = ws.buildah(["mount", ctr], what="buildah mount").stdout.decode().strip()
+    files = {}
+    for d, dirs, names in os.walk(mnt):
+        for n in dirs + names:
+            p = os.path.join(d, n)
+            files[os.path.relpath(p, mnt)] = p
+    return files, lambda: ws.buildah(["rm", ctr], what="buildah rm", check=False)
+
+
+@pytest.fixture(scope="session")
+def shim_image(built):
+    names = make_shim_images(built.ws, {"amd64": os.path.join(built.dist, "iptables-shim")})
+    assert names == ["%s:%s-amd64" % (SHIM_IMAGE, VERSION), "%s:%s" % (SHIM_IMAGE, VERSION)], names
+    return names
+
+
+def test_scratch_image_holds_only_the_frozen_tree(built, shim_image):
+    inspect = json.loads(built.ws.podman(["image", "inspect", shim_image[0]]).stdout.decode())[0]
+    assert (inspect["Os"], inspect["Architecture"]) == ("linux", "amd64")
+    assert len(inspect["RootFS"]["Layers"]) == 1  # FROM scratch: one layer, the COPY
+    files, cleanup = image_files(built.ws, shim_image[0])
+    try:
+        tops = sorted({p.split("/")[0] for p in files})
+        assert tops == ["opt"] and sorted(p for p in files if p.count("/") == 0 or p == "opt/iptables-shim") == [
+            "opt", "opt/iptables-shim"], tops
+        assert elf_machine(files["opt/iptables-shim/iptables-shim"]) == 62
+        assert os.readlink(files["opt/iptables-shim/ip6tables-save"]) == "iptables-shim"
+    finally:
+        cleanup()
+    manifest = json.loads(built.ws.buildah(["manifest", "inspect", shim_image[1]]).stdout.decode())
+    assert [m["platform"]["architecture"] for m in manifest["manifests"]] == ["amd64"]
+
+
+@pytest.fixture(scope="session")
+def copied_image(built, shim_image):
+    """A Python-less base (bookworm, iptables aliased to legacy) that copies the shim from the
+    manifest, as an image author writes it, and installs it."""
+    ws = built.ws
+    base = ws.alias_image("bookworm", "legacy")
+    ctx = tempfile.mkdtemp(prefix="shimtest-copy-")
+    try:
+        with open(os.path.join(ctx, "Containerfile"), "w") as f:
+            f.write("FROM %s\nCOPY --from=%s /opt/iptables-shim /opt/iptables-shim\n"
+                    'RUN ["/opt/iptables-shim/iptables-shim", "install", "/usr/local/sbin"]\n'
+                    % (base, shim_image[1]))
+        name = "localhost/shimtest/bookworm-copied:latest"
+        ws.buildah(["bud", "--network", "none", "--isolation", "oci", "-t", name, ctx],
+                   what="buildah bud COPY --from the manifest")
+    finally:
+        shutil.rmtree(ctx)
+    return name
+
+
+def test_copy_from_the_image_into_a_python_less_base(built, copied_image, make_netns):
+    ws = built.ws
+    r = ws.run_in(copied_image, "for p in python3 python; do command -v $p && exit 9; done; "
+                  "readlink /usr/local/sbin/iptables /usr/local/sbin/iptables-shim; readlink -f /usr/sbin/iptables")
+    assert r.returncode == 0, r
+    assert r.stdout.decode().split() == ["/opt/iptables-shim/iptables-shim"] * 2 + ["/usr/sbin/xtables-legacy-multi"]
+    write = "iptables -A INPUT -s 192.0.2.%d -j DROP && ip6tables -A INPUT -s 2001:db8::%d -j DROP"
+    cases = [("nft", "iptables-nft -A INPUT -s 192.0.2.50 -j ACCEPT", 51),   # against the image's alias
+             ("legacy", "iptables-legacy -A INPUT -s 192.0.2.52 -j ACCEPT", 53),
+             ("legacy", "", 54)]                                               # empty: the alias
+    for backend, setup, n in cases:
+        ns = make_netns()
+        if setup:
+            ns.ok(setup)
+        r = ws.run_in(copied_image, write % (n, n), network="ns:" + ns.path, env=DEBUG)
+        assert r.returncode == 0, (backend, setup, r.stderr)
+        other = "legacy" if backend == "nft" else "nft"
+        assert "-A INPUT -s 192.0.2.%d/32 -j DROP" % n in ns.rules(backend), (backend, setup)
+        assert "-A INPUT -s 2001:db8::%d/128 -j DROP" % n in ns.rules(backend, "ip6tables"), (backend, setup)
+        assert ns.rules(other) == [] and ns.rules(other, "ip6tables") == [], (backend, setup)
