@@ -15,13 +15,14 @@ What the shim does with each kind of PATH entry (the shim runs as root):
 import errno
 import os
 import random
+import shutil
 import stat
 import subprocess
 import threading
 
 import pytest
 
-from conftest import BIN, SYSTEM_PATH, shim_env
+from conftest import BIN, REPO, SYSTEM_PATH, shim_env
 from fakes import VARIANT_NAMES, cache_files, call, netns_key
 from shim.cache import parse_entry
 
@@ -128,7 +129,14 @@ def test_unreadable_path_entry_for_an_unprivileged_caller(netns, tmp_path):
     try:
         marker = os.path.join(top, "marker")
         closed = evil_dir(os.path.join(top, "closed"), marker, mode=0o000)
-        env = shim_env(os.path.join(top, "cache"), path=BIN + ":" + closed + ":" + SYSTEM_PATH,
+        # The caller runs a copy of the checkout's bin/ and shim/ that it can read: a checkout under
+        # /root (0700, where root naturally clones) is out of nobody's reach.
+        shim_copy = os.path.join(top, "checkout")
+        for part in ("bin", "shim"):
+            shutil.copytree(os.path.join(REPO, part), os.path.join(shim_copy, part), symlinks=True,
+                            ignore=shutil.ignore_patterns("__pycache__"))
+        subprocess.run(["chmod", "-R", "a+rX", shim_copy], check=True)
+        env = shim_env(os.path.join(top, "cache"), path=os.path.join(shim_copy, "bin") + ":" + closed + ":" + SYSTEM_PATH,
                        IPTABLES_SHIM_MODE="nft", IPTABLES_SHIM_DEBUG="1")
         proc, _ = call(netns, ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
                                "iptables", "--version"], env)
