@@ -9,9 +9,10 @@ One command, as root (never touches the machine's own netns; every namespace it 
    legacy, in filter INPUT, loaded with `*-restore` of a generated file).
 2. The audit of the whole node, `bin/iptables-shim doctor --json`, as a command (interpreter start
    included): wall time, and the audit's own `duration_seconds`. Target: <= 5 s for 1,000.
-3. Cost per namespace against its ruleset: `doctor --netns` of one namespace with 3 rules, and of
-   each with 100,000, interleaved R times; the median `duration_seconds` (the audit of that one
-   namespace: fork, setns, probes, two resolutions). Target: no growth with the rules.
+3. Cost per namespace against its ruleset, 3 rules against 100,000: `doctor --netns` of that one
+   namespace, interleaved R times, the median `duration_seconds` (fork, setns, probes, two
+   resolutions, and the audit's fixed costs); and the reading alone (reading.read_here) timed
+   in-process inside the namespace, median of 4R. Target: no growth with the rules.
 4. The peers' way: in each namespace, `nsenter --net=PATH iptables-legacy-save` and `nsenter
    --net=PATH iptables-nft-save` (the same parallelism as the audit); the ratio peers / doctor.
    Run last: on a namespace without legacy tables `iptables-legacy-save` may create them.
@@ -81,6 +82,32 @@ def doctor(args, cache_dir):
     return wall, json.loads(r.stdout)
 
 
+READ = """
+import sys, time
+sys.path.insert(0, %r)
+from shim.config import load_settings
+from shim.doctor.reading import read_here
+settings = load_settings({"IPTABLES_SHIM_CONFIG": "/nonexistent/iptables-shim.conf"})
+settings["PATH"] = %r
+read_here(settings, %r)
+times = []
+for _ in range(%d):
+    t = time.perf_counter()
+    read_here(settings, %r)
+    times.append(time.perf_counter() - t)
+print(sorted(times)[len(times) // 2])
+"""
+
+
+def reading_time(name, reps):
+    """Median seconds of what the audit reads in one namespace (shim.doctor.reading.read_here:
+    kernel records and two resolutions), in-process inside it: no fork, no interpreter start."""
+    code = READ % (REPO, SYSTEM_PATH, SHIM, reps, SHIM)
+    r = subprocess.run(["nsenter", "--net=/run/netns/" + name, "/usr/bin/python3", "-IS", "-c", code],
+                       stdout=subprocess.PIPE, check=True, env=env("/nonexistent"))
+    return float(r.stdout)
+
+
 def median(values):
     values = sorted(values)
     return values[len(values) // 2]
@@ -145,9 +172,11 @@ def main():
             for label, name in per.items():
                 times[label].append(doctor(["--netns", "/run/netns/" + name], cache_dir)[1]["duration_seconds"])
         base = median(times["small (3 rules)"])
+        reads = {label: reading_time(name, reps * 4) for label, name in per.items()}
         for label in per:
-            print("  one namespace, %-22s audit %6.2f ms (median of %d; x%.2f the small one)"
-                  % (label, median(times[label]) * 1000, reps, median(times[label]) / base))
+            print("  one namespace, %-22s doctor --netns: audit %6.2f ms (x%.2f); the reading alone %.2f ms (x%.2f)"
+                  % (label, median(times[label]) * 1000, median(times[label]) / base, reads[label] * 1000,
+                     reads[label] / reads["small (3 rules)"]))
 
         # 4. the peers' way, last (legacy-save may create tables where none were)
         peer_cmds = [["nsenter", "--net=/run/netns/" + name, "iptables-%s-save" % b]

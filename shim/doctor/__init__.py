@@ -115,6 +115,7 @@ def audit(opts, settings, shim_path, proc="/proc"):
         here = {"ok": reading.read_here(settings, shim_path, proc)}
     except Exception as e:  # as a child would report it
         here = {"error": "%s: %s" % (type(e).__name__, e)}
+    node_decision = reading.node_decision_everywhere(here["ok"]) if "ok" in here else None
 
     setns = enter.setns_function()
 
@@ -129,7 +130,7 @@ def audit(opts, settings, shim_path, proc="/proc"):
             return {"enter_error": e.strerror or str(e), "errno": e.errno or 0}
         finally:
             os.close(fd)
-        return {"ok": reading.read_here(settings, shim_path, proc)}
+        return {"ok": reading.read_here(settings, shim_path, proc, node_decision)}
 
     results = enter.run_all([i for i, ns in enumerate(found) if ns.ident != own], read_in,
                             parallel=parallelism())
@@ -142,6 +143,7 @@ def audit(opts, settings, shim_path, proc="/proc"):
             entry.update(state="gone", why=result["gone"], problems=[])
         elif "ok" in result:
             data = result["ok"]
+            data.pop("decision_source", None)
             entry.update(data)
             entry["state"] = "audited"
             entry["summary"] = problems.summary(data["backends"])

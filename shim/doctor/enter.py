@@ -22,9 +22,9 @@ import time
 
 CLONE_NEWNET = 0x40000000
 CHILD_TIMEOUT = 60.0  # seconds one namespace may take before its worker is killed
-BATCH = 64  # namespaces a worker serves before it is replaced
+BATCH = 64  # namespaces a worker is given; then a fresh one takes the next batch
 MAX_RESULT = 1 << 24  # bytes: a worker sending more for one namespace is broken
-_LEN = 4  # bytes of the length before each record; key and command words are as long
+_LEN = 4  # bytes of the length before each result
 
 
 class _LibcSetns(object):
@@ -72,40 +72,26 @@ def join(setns, fd):
     setns(fd, CLONE_NEWNET)
 
 
-def _read_exact(fd, n):
-    data = b""
-    while len(data) < n:
-        chunk = os.read(fd, n - len(data))
-        if not chunk:
-            return None
-        data += chunk
-    return data
-
-
 def _write_all(fd, data):
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
 
 
-def _worker(work, jobs_fd, results_fd):
-    """In the forked worker: for each key the parent sends, work(key), then its result. Never
-    returns: _exit, so that nothing of the parent's (buffers, atexit) runs twice."""
+def _worker(work, keys, results_fd):
+    """In the forked worker: work(key) for each of its keys, each result sent as soon as it is
+    known. Never returns: _exit, so that nothing of the parent's (buffers, atexit) runs twice."""
     import gc
 
     gc.disable()  # a collection would touch (and copy) every page shared with the parent
     code = 0
     try:
-        while True:
-            raw = _read_exact(jobs_fd, _LEN)
-            if raw is None:
-                break
-            key = int.from_bytes(raw, "little")
+        for key in keys:
             try:
                 result = work(key)
             except Exception as e:  # this namespace's failure, never the audit's
                 result = {"error": "%s: %s" % (type(e).__name__, e)}
-            data = marshal.dumps(result)
+            data = marshal.dumps((key, result))
             _write_all(results_fd, len(data).to_bytes(_LEN, "little") + data)
     except BaseException:
         code = 3
@@ -114,46 +100,25 @@ def _worker(work, jobs_fd, results_fd):
 
 
 class _Worker(object):
-    __slots__ = ("pid", "jobs", "results", "key", "started", "served", "buf")
+    __slots__ = ("pid", "results", "keys", "done", "since", "buf")
 
-    def __init__(self, pid, jobs, results):
-        self.pid, self.jobs, self.results = pid, jobs, results
-        self.key = None  # the key it is working on
-        self.started = 0.0
-        self.served = 0
+    def __init__(self, pid, results, keys):
+        self.pid, self.results, self.keys = pid, results, keys
+        self.done = 0  # keys answered, in order
+        self.since = time.monotonic()  # when the last answer (or the start) was
         self.buf = b""
 
 
-def _spawn(work, others):
-    jobs_r, jobs_w = os.pipe()
+def _spawn(work, keys, others):
     res_r, res_w = os.pipe()
     pid = os.fork()
     if pid == 0:
-        os.close(jobs_w)
         os.close(res_r)
         for other in others:
-            # Another worker's job pipe held open here would keep it from ever seeing the end.
-            for fd in (other.jobs, other.results):
-                os.close(fd)
-        _worker(work, jobs_r, res_w)
-    os.close(jobs_r)
+            os.close(other.results)
+        _worker(work, keys, res_w)
     os.close(res_w)
-    return _Worker(pid, jobs_w, res_r)
-
-
-def _stop(worker, kill):
-    if kill:
-        try:
-            os.kill(worker.pid, signal.SIGKILL)
-        except OSError:
-            pass
-    for fd in (worker.jobs, worker.results):
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-    _, status = os.waitpid(worker.pid, 0)
-    return status
+    return _Worker(pid, res_r, keys)
 
 
 def _death(status):
@@ -165,71 +130,64 @@ def _death(status):
 
 
 def run_all(keys, work, parallel=2):
-    """{key: work(key)} for every key (ints), computed in at most `parallel` forked workers. A key
-    whose worker died or hung gets {"error": why}."""
-    pending = list(reversed(keys))
+    """{key: work(key)} for every key (ints), computed in at most `parallel` forked workers, each
+    given a batch of keys when it is forked (a message per namespace and back would cost two
+    wake-ups per namespace: milliseconds each on a loaded machine). A key whose worker died or
+    hung on it gets {"error": why}; the keys after it in that batch go to a fresh worker."""
+    pending = list(keys)
     results = {}
     workers = {}  # results fd -> _Worker
     poller = select.poll()
 
-    def assign(worker):
-        if not pending or worker.served >= BATCH:
-            return False
-        worker.key = pending.pop()
-        worker.started = time.monotonic()
-        worker.served += 1
-        try:
-            _write_all(worker.jobs, worker.key.to_bytes(_LEN, "little"))
-        except OSError:
-            pending.append(worker.key)  # it died idle: the key goes to the next worker
-            worker.key = None
-            return False
-        return True
-
-    def retire(worker, kill, why=None):
+    def finish(worker, kill, why=None):
         poller.unregister(worker.results)
         del workers[worker.results]
-        status = _stop(worker, kill)
-        if worker.key is not None:
-            results[worker.key] = {"error": why or _death(status)}
+        if kill:
+            try:
+                os.kill(worker.pid, signal.SIGKILL)
+            except OSError:
+                pass
+        os.close(worker.results)
+        _, status = os.waitpid(worker.pid, 0)
+        rest = worker.keys[worker.done:]
+        if rest:
+            results[rest[0]] = {"error": why or _death(status)}  # the one it was working on
+            pending[:0] = rest[1:]
 
     while pending or workers:
         while pending and len(workers) < parallel:
-            worker = _spawn(work, list(workers.values()))
+            batch, pending[:] = pending[:BATCH], pending[BATCH:]
+            worker = _spawn(work, batch, list(workers.values()))
             workers[worker.results] = worker
             poller.register(worker.results, select.POLLIN | select.POLLHUP)
-            if not assign(worker):
-                retire(worker, kill=False)
-        if not workers:
-            continue
-        now = time.monotonic()
-        busy = [w.started + CHILD_TIMEOUT for w in workers.values() if w.key is not None]
-        wait = max(0.0, min(busy) - now) if busy else 1.0
-        for fd, _ in poller.poll(int(wait * 1000) + 1):
+        wait = min(w.since for w in workers.values()) + CHILD_TIMEOUT - time.monotonic()
+        for fd, _ in poller.poll(int(max(0.0, wait) * 1000) + 1):
             worker = workers[fd]
             chunk = os.read(fd, 65536)
             if not chunk:
-                retire(worker, kill=False)
+                finish(worker, kill=False)
                 continue
             worker.buf += chunk
             while len(worker.buf) >= _LEN:
                 size = int.from_bytes(worker.buf[:_LEN], "little")
                 if size > MAX_RESULT:
-                    retire(worker, kill=True, why="the reading worker sent %d bytes for one namespace" % size)
+                    finish(worker, kill=True, why="the reading worker sent %d bytes for one namespace" % size)
                     break
                 if len(worker.buf) < _LEN + size:
                     break
                 data, worker.buf = worker.buf[_LEN:_LEN + size], worker.buf[_LEN + size:]
+                key = worker.keys[worker.done]
                 try:
-                    results[worker.key] = marshal.loads(data)
+                    got, result = marshal.loads(data)
+                    if got != key:
+                        raise ValueError(got)
                 except (ValueError, EOFError, TypeError):
-                    results[worker.key] = {"error": "the reading worker sent an unreadable result"}
-                worker.key = None
-                if not assign(worker):
-                    retire(worker, kill=False)  # done, or served its batch: a fresh one follows
-                    break
+                    result = {"error": "the reading worker sent an unreadable result"}
+                results[key] = result
+                worker.done += 1
+                worker.since = time.monotonic()
         now = time.monotonic()
         for worker in list(workers.values()):
-            if worker.key is not None and now - worker.started > CHILD_TIMEOUT:
-                retire(worker, kill=True, why=_death(None))
+            if now - worker.since > CHILD_TIMEOUT:
+                finish(worker, kill=True, why=_death(None))
     return results

@@ -95,19 +95,27 @@ def container_settings(settings):
     return out
 
 
-def read_here(settings, shim_path, proc="/proc"):
-    """Everything the audit wants from the current network namespace, as plain data."""
+def read_here(settings, shim_path, proc="/proc", node_decision=None):
+    """Everything the audit wants from the current network namespace, as plain data.
+    node_decision: the node-settings decision already resolved elsewhere, when it came from the
+    caller's own facts alone (resolve's source "caller": steps 0 and 2, which read nothing of the
+    netns): the same in every namespace, so resolved once (see node_decision_everywhere)."""
     from shim.errors import ShimError
 
     out = {"cookie": netns.netns_key(), "kind": netns.netns_kind(proc)}
     out["backends"] = kernel_records(proc)
     for label, these in (("decision", settings), ("container_decision", container_settings(settings))):
+        if label == "decision" and node_decision is not None:
+            out[label] = dict(node_decision)
+            continue
         try:
             r = _resolve(these, shim_path, proc, gather_all=label == "container_decision")
         except (ShimError, ImportError) as e:
             out[label] = {"error": str(e)}
             continue
         out[label] = _decision(r)
+        if label == "decision":
+            out["decision_source"] = r.source
         if label == "container_decision":
             known = r.facts if r.facts is not None else getattr(r, "caller", None)
             out["alias_backend"] = getattr(known, "alias_backend", None)
@@ -118,3 +126,11 @@ def read_here(settings, shim_path, proc="/proc"):
             if r.states:
                 out["sources"] = {b: getattr(s, "source", None) for b, s in r.states.items()}
     return out
+
+
+def node_decision_everywhere(reading):
+    """The node-settings decision of a reading (read_here's data) if it holds in every namespace
+    (it rests on the caller alone), else None."""
+    if reading.get("decision_source") == "caller":
+        return reading["decision"]
+    return None
