@@ -19,7 +19,6 @@ there (tests/test_alternatives.py compares `update-alternatives --query` byte fo
 
 import os
 import stat
-import subprocess
 
 from shim.errors import ShimError
 from shim.facts.binaries import identity as _identity
@@ -337,6 +336,8 @@ def _write_record(record):
 
 
 def _run_tool(argv):
+    import subprocess  # install and uninstall only: recorded_aliases, on every cold call, needs none
+
     proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           check=False)
     if proc.returncode != 0:
