@@ -311,6 +311,19 @@ def test_per_family_probes(netns):
     assert netns.snapshot() == before
 
 
+def test_per_family_probe_reads_every_family_past_a_long_dump(netns):
+    """1,000 rules in IPv4 filter: its rule dump is left at the first rule, still running, and the
+    kernel refuses another dump on that socket (EBUSY); IPv6 raw's rule is read all the same."""
+    rules = "".join("-A INPUT -s 10.0.%d.%d -j ACCEPT\n" % (i // 250, i % 250) for i in range(1000))
+    r = netns.run(["iptables-nft-restore"], input=("*filter\n%sCOMMIT\n" % rules).encode())
+    assert r.returncode == 0, r.stderr
+    netns.ok("ip6tables-nft -t raw -A PREROUTING -j ACCEPT")
+    code = ("from shim.facts import nft_kernel\n"
+            "print(json.dumps({f: s.as_dict() for f, s in nft_kernel.probe_families().items()}))\n")
+    assert in_netns(netns, code) == {"iptables": {"tables": ["filter"], "rules": True, "hint": False},
+                                     "ip6tables": {"tables": ["raw"], "rules": True, "hint": False}}
+
+
 CAP_NET_ADMIN_ONLY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
                       "--inh-caps=+net_admin,+net_raw", "--ambient-caps=+net_admin,+net_raw", "--"]
 

@@ -136,21 +136,30 @@ def request_refused(payload):
 
 
 class Netlink(object):
-    """One NETLINK_NETFILTER socket; requests are numbered, replies matched by number. The probe
-    functions below take any object with these four methods (the unit tests replay recordings)."""
+    """One NETLINK_NETFILTER conversation; requests are numbered, replies matched by number. The
+    probe functions below take any object with these methods (the unit tests replay recordings)."""
 
     def __init__(self):
+        self.seq = 0
+        self.sock = None
+        self.reopen()
+
+    def reopen(self):
+        """A new socket in place of the current one, whose unread replies and running dump go
+        with it."""
         import _socket  # not socket: that module pulls in enum and costs milliseconds per call
 
+        self.close()
         try:
             self.sock = _socket.socket(AF_NETLINK, SOCK_RAW, NETLINK_NETFILTER)
         except OSError as e:
             raise Unavailable("netlink socket refused: %s" % (e.strerror or e))
         self.sock.settimeout(TIMEOUT)
-        self.seq = 0
+        self.dumping = False  # set by dump() while a dump has not been read to its end
 
     def close(self):
-        self.sock.close()
+        if self.sock is not None:
+            self.sock.close()
 
     def send(self, *requests):
         try:
@@ -179,15 +188,25 @@ class Netlink(object):
 
 def dump(nl, msg, nfproto, attrs=b""):
     """(type, payload) of each reply to one dump request, until NLMSG_DONE. ENOENT (no such
-    table) ends it empty: a missing table is an answer, not an error."""
+    table) ends it empty: a missing table is an answer, not an error.
+
+    A caller may stop early (the first rule answers). The kernel makes a dump one batch per read
+    and refuses another dump on the socket until the last batch is made (EBUSY), so the next dump
+    goes out on a new socket: reading the old one to its end would cost as much as the rules it
+    holds (tests/unit/test_nft_kernel.py::test_a_dump_left_running_does_not_refuse_the_next_family)."""
+    if nl.dumping:
+        nl.reopen()
     seq = nl.next_seq()
     nl.send(request(msg, NLM_F_DUMP, seq, nfproto, attrs))
+    nl.dumping = True
     for kind, got, payload in nl.replies():
         if got != seq:
             continue
         if kind == NLMSG_DONE:
+            nl.dumping = False
             return
         if kind == NLMSG_ERROR:
+            nl.dumping = False
             if error_of(payload) == errno.ENOENT:
                 return
             raise request_refused(payload)

@@ -49,6 +49,11 @@ SCENARIOS = {
         "iptables-legacy -N U; for i in 1 2 3; do iptables-legacy -A U -j ACCEPT; done; "
         "iptables-legacy -A U -p tcp --dport 80 -j ACCEPT; "
         "ip6tables-legacy -t raw -N W; ip6tables-legacy -t raw -A W -j ACCEPT"),
+    # More rules in one table than one dump batch holds (8 KiB): a probe that stops at the first
+    # rule leaves that dump running, and the kernel refuses the next dump on the socket (EBUSY).
+    "long-dump": (
+        "{ echo '*filter'; i=0; while [ $i -lt 60 ]; do echo \"-A INPUT -s 10.0.0.$i -j ACCEPT\"; i=$((i+1)); done; "
+        "echo COMMIT; } | iptables-nft-restore; ip6tables-nft -t raw -A PREROUTING -j ACCEPT"),
     "not-iptables": (
         # nft tables iptables does not write, empty xtables tables, a hint chain outside mangle;
         # legacy: tables that exist with nothing in them.

@@ -45,11 +45,18 @@ def describe(message):
                                                       message[NLMSGHDR.size + NFGENMSG_LEN:].hex())
 
 
+NLM_F_DUMP = 0x300
+NLMSG_ERROR = 2
+EBUSY = 16
+
+
 class NetlinkReplay(object):
-    """nft_kernel.Netlink's four methods over a fixture's recorded exchanges. Requests are matched
-    with their sequence number left out; each reply message gets the new request's number. The
-    replies of every request sent queue up in order, as the kernel's do on one socket (a dump the
-    probe stops reading stays queued, and the probe must skip it)."""
+    """nft_kernel.Netlink's methods over a fixture's recorded exchanges. Requests are matched with
+    their sequence number left out; each reply message gets the new request's number. The replies
+    of every request sent queue up in order, as the kernel's do on one socket (a dump the probe
+    stops reading stays queued, and the probe must skip it). As in the kernel, a dump is produced
+    one batch per read: one whose last batch has not been produced yet is still running, and a
+    second dump request on the socket is refused with EBUSY (netlink_dump_start)."""
 
     def __init__(self, fixture):
         self.answers = {}
@@ -57,9 +64,21 @@ class NetlinkReplay(object):
             request = with_seq(bytes.fromhex(exchange["request"]), 0)
             self.answers[request] = [bytes.fromhex(d) for d in exchange["replies"]]
         self.seq = 0
-        self.queue = []
-        self.sent = []  # describe() of each request, in order
+        self.sent = []  # describe() of each request, in order ("reopen" where the socket was)
         self.closed = False
+        self.reopen()
+        self.sent = []
+
+    def reopen(self):
+        """A new socket: nothing queued, no dump running."""
+        self.queue = []  # (dump number or None, datagram)
+        self.dumps = []  # per dump: [datagrams, datagrams read]
+        self.dumping = False  # the probe's own flag (nft_kernel.Netlink)
+        self.sent.append("reopen")
+
+    def kernel_dump_running(self):
+        """Is the last batch of a dump still to be made (one per read, the first at the request)?"""
+        return any(read < total - 1 for total, read in self.dumps)
 
     def next_seq(self):
         self.seq += 1
@@ -71,15 +90,27 @@ class NetlinkReplay(object):
             key = with_seq(message, 0)
             self.sent.append(describe(message))
             assert key in self.answers, "request %s %s" % (describe(message), RERECORD)
+            dump = None
+            if NLMSGHDR.unpack_from(message)[2] & NLM_F_DUMP == NLM_F_DUMP:
+                if self.kernel_dump_running():
+                    error = struct.pack("=i", -EBUSY) + message[:NLMSGHDR.size]
+                    self.queue.append((None, with_seq(NLMSGHDR.pack(NLMSGHDR.size + len(error), NLMSG_ERROR, 0, 0, 0)
+                                                      + error, seq)))
+                    continue
+                dump = len(self.dumps)
+                self.dumps.append([len(self.answers[key]), 0])
             for datagram in self.answers[key]:
-                self.queue.append(b"".join(with_seq(m, seq) for m in split_messages(datagram)))
+                self.queue.append((dump, b"".join(with_seq(m, seq) for m in split_messages(datagram))))
 
     def replies(self):
         from shim.facts.nft_kernel import messages
 
         while True:
             assert self.queue, "the probe waits for a reply the kernel would never send"
-            for message in messages(self.queue.pop(0)):
+            dump, datagram = self.queue.pop(0)
+            if dump is not None:
+                self.dumps[dump][1] += 1
+            for message in messages(datagram):
                 yield message
 
     def close(self):

@@ -26,6 +26,7 @@ EXPECTED = {
     "hints": {"iptables": (("mangle",), False, True), "ip6tables": (("mangle",), False, True)},
     "empty-user-chains": {"iptables": (("filter", "mangle"), False, False), "ip6tables": (("nat",), False, False)},
     "user-chain-rules": {"iptables": (("filter",), True, False), "ip6tables": (("raw",), True, False)},
+    "long-dump": {"iptables": ((), False, False), "ip6tables": ((), False, False)},
     "not-iptables": {"iptables": (("raw",), False, False), "ip6tables": (("filter", "security"), False, False)},
 }
 

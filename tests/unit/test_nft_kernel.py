@@ -23,6 +23,7 @@ EXPECTED = {
     "hints": {"iptables": (("mangle",), False, False), "ip6tables": (("mangle",), False, True)},
     "empty-user-chains": {"iptables": (("filter",), False, False), "ip6tables": (("nat",), False, False)},
     "user-chain-rules": {"iptables": (("filter",), True, False), "ip6tables": ((), False, False)},
+    "long-dump": {"iptables": (("filter",), True, False), "ip6tables": (("raw",), True, False)},
     # inet/ip kube-proxy/firewalld tables are not iptables'; a hint chain outside mangle is no
     # hint; ip6 raw and mangle exist but hold no chain.
     "not-iptables": {"iptables": (("filter",), False, False), "ip6tables": (("mangle", "raw"), False, False)},
@@ -52,6 +53,15 @@ def test_aggregate_stops_at_the_first_rule():
     nl = NetlinkReplay(load("builtin-rules"))
     assert nk.read_rules_and_hint(nl) == (True, False)
     assert [s.split(" flags")[0] for s in nl.sent] == ["type %#x" % ((10 << 8) | 1), "type %#x" % ((10 << 8) | 7)]
+
+
+def test_a_dump_left_running_does_not_refuse_the_next_family():
+    """IPv4 filter's 60 rules take three dump batches; the first rule answers and the rest of that
+    dump is left unread, so the kernel would refuse the IPv6 dump on the same socket (EBUSY): the
+    next dump goes out on a new socket instead of reading the abandoned one to its end."""
+    nl = NetlinkReplay(load("long-dump"))
+    assert nk.read_families(nl) == states("long-dump")
+    assert nl.sent.count("reopen") == 1 and nl.sent[-2] == "reopen"
 
 
 def test_tables_without_chains_are_not_asked_about():
@@ -133,6 +143,7 @@ class Refusing(object):
     """A kernel that answers every request with an error (EPERM: a missing capability)."""
 
     seq = 0
+    dumping = False
 
     def next_seq(self):
         self.seq += 1
