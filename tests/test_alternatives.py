@@ -197,9 +197,6 @@ def test_auto_mode_is_restored_as_auto(root):
     assert (root.query(), root.links()) == before
 
 
-@pytest.mark.xfail(strict=True, reason="fact gathering does not yet read shim.install.recorded_aliases(): "
-                   "with /usr/sbin/iptables skipped as the shim, no default alias is found (remove this "
-                   "mark when it does)")
 def test_default_alias_is_the_recorded_choice_not_the_shim(root, netns):
     """With /usr/sbin/iptables leading to the shim (skipped as a shim), the alias the shim uses is
     the recorded one: legacy here, so ufw in an empty netns writes into legacy, not nft."""
