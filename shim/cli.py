@@ -183,7 +183,7 @@ def run_doctor(rest, shim_path, tree):
         from shim import doctor
     except ImportError as e:
         raise ShimError("doctor cannot run here: %s" % e)
-    return doctor.run(rest, shim_path)
+    return doctor.run(rest, shim_path, tree)
 
 
 VERBS = {

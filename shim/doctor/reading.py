@@ -36,36 +36,9 @@ def _records(probe_families, proc):
     return {f: _family_record(list(states[f].tables), states[f].rules, states[f].hint) for f in FAMILIES}
 
 
-def _nft_families(proc):
-    """nft_kernel.probe_families, but with a netlink socket of its own for each family's rule
-    dumps: a dump left at its first rule keeps the socket busy, and the next family's dump on it
-    is refused with EBUSY (tests/test_doctor.py::test_nft_rules_of_both_families_beyond_one_dump_
-    batch_are_read). Switch back to probe_families once it does the same."""
-    from shim.facts.xtables import FamilyState
-
-    def per_family(nl):
-        tables = nft_kernel.xtables_tables(nl)
-        hints = nft_kernel.hint_families(nl, tables)
-        out = {}
-        for family in FAMILIES:
-            rules = False
-            names = nft_kernel.tables_to_dump(tables, family)
-            if names:
-                own = nft_kernel.Netlink()
-                try:
-                    rules = any(nft_kernel.table_has_rule(own, family, name) for name in names)
-                finally:
-                    own.close()
-            out[family] = FamilyState(sorted(tables.get(family, ())), rules, family in hints)
-        return out
-
-    answer = nft_kernel.ask(per_family, proc, "/sys", "/lib/modules")
-    return answer if answer is not None else {f: FamilyState((), False, False) for f in FAMILIES}
-
-
 def kernel_records(proc="/proc"):
     """{backend: {family: record}}: the same kernel probes a call uses, every fact asked."""
-    return {"nft": _records(_nft_families, proc),
+    return {"nft": _records(nft_kernel.probe_families, proc),
             "legacy": _records(legacy_kernel.probe_families, proc)}
 
 
