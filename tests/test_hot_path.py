@@ -32,3 +32,12 @@ def test_a_cache_hit_imports_no_cold_path_module(netns, cache_dir):
     assert {"shim.gather", "shim.facts.nft_kernel"} <= cold
     assert {"shim.main", "shim.resolve", "shim.cache", "shim.execute"} <= hit
     assert not hit & COLD_ONLY, sorted(hit & COLD_ONLY)
+
+
+def test_a_host_context_call_imports_no_cold_path_module(netns, cache_dir):
+    """Step 2 (the host's alias) is answered by the caller's own facts on every call, never from
+    the cache: that path too stays on posix (kernel support once imported os: about a millisecond)."""
+    env = shim_env(cache_dir, IPTABLES_SHIM_CONTEXT="host")
+    loaded = imported_modules(netns, env, ["iptables", "-S"])
+    assert {"shim.resolve", "shim.facts.kernel_support", "shim.facts.context"} <= loaded
+    assert not loaded & COLD_ONLY, sorted(loaded & COLD_ONLY)

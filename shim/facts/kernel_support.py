@@ -12,7 +12,8 @@ itself, are in README "Kernels".
   here), None (cannot tell).
 """
 
-import os
+import posix  # not os: read where a host's alias answers, on every such call (tests/test_hot_path.py)
+import stat
 
 LOADED, LOADABLE, ABSENT = "loaded", "loadable", "absent"
 MISSING = "missing"  # what a read returns for a file that does not exist (as opposed to None: unreadable)
@@ -49,6 +50,13 @@ class Fact(object):
 
 # -- reads: each returns None when the file cannot be read (unknown), never raises ---------------
 
+def _is_dir(path):
+    try:
+        return stat.S_ISDIR(posix.stat(path).st_mode)
+    except OSError:
+        return False
+
+
 def _lines(path):
     """The file's lines; MISSING if it does not exist; None if it cannot be read."""
     try:
@@ -63,7 +71,7 @@ def _lines(path):
 def loaded_modules(proc):
     """Names of the loaded modules (a set), MISSING (no /proc/modules: a kernel without module
     support), or None (unreadable)."""
-    lines = _lines(os.path.join(proc, "modules"))
+    lines = _lines(proc + "/modules")
     if lines is None or lines == MISSING:
         return lines
     return set(line.split(" ", 1)[0] for line in lines if line)
@@ -84,13 +92,13 @@ def module_index(lib_modules, release, index):
     """Module names listed by /lib/modules/RELEASE/INDEX ("modules.builtin": built into the kernel,
     "modules.dep": installed as files), as a set; MISSING when this filesystem has no
     /lib/modules/RELEASE at all (a container's usual case); None when it cannot be read."""
-    base = os.path.join(lib_modules, release)
-    lines = _lines(os.path.join(base, index))
+    base = lib_modules + "/" + release
+    lines = _lines(base + "/" + index)
     if lines is None:
         return None
     if lines == MISSING:
         try:
-            os.stat(base)
+            posix.stat(base)
         except FileNotFoundError:
             return MISSING
         except OSError:
@@ -103,7 +111,7 @@ def nfnetlink_registered(proc):
     """Does this netns show a NETLINK_NETFILTER socket in /proc/net/netlink? nfnetlink opens a
     kernel socket in every netns once it is registered (built in or loaded), and no socket of that
     protocol can be opened before. True, False, or None (unreadable or unexpected format)."""
-    lines = _lines(os.path.join(proc, "net", "netlink"))
+    lines = _lines(proc + "/net/netlink")
     if lines is None or lines == MISSING or not lines:
         return None
     head = lines[0].split()
@@ -124,7 +132,7 @@ def kernel_config(proc):
     except ImportError:
         return None
     try:
-        with gzip.open(os.path.join(proc, "config.gz"), "rb") as f:
+        with gzip.open(proc + "/config.gz", "rb") as f:
             text = f.read().decode("ascii", "replace")
     except (OSError, EOFError, ValueError):
         return None
@@ -139,7 +147,7 @@ def kernel_config(proc):
 
 
 def _release():
-    return os.uname().release
+    return posix.uname().release
 
 
 # -- nf_tables -----------------------------------------------------------------------------------
@@ -150,7 +158,7 @@ def nft_presence(proc="/proc", sys_root="/sys", lib_modules="/lib/modules", rele
     nf_tables, through the kernel's own modprobe, from any mount namespace."""
     release = release or _release()
     # A loaded module always has its /sys/module directory (built-in ones only sometimes).
-    if os.path.isdir(os.path.join(sys_root, "module", "nf_tables")):
+    if _is_dir(sys_root + "/module/nf_tables"):
         return Fact(True, "nf_tables loaded (/sys/module/nf_tables)")
     modules = loaded_modules(proc)
     if modules == MISSING:
@@ -229,15 +237,15 @@ def _nft_support(proc, sys_root, lib_modules, release):
 
 def _legacy_support(family, proc, lib_modules, release):
     module = LEGACY_MODULE[family]
-    names = os.path.join(proc, LEGACY_NAMES[family])
+    names = proc + "/" + LEGACY_NAMES[family]
     try:
-        os.stat(names)
+        posix.stat(names)
         return Fact(LOADED, "%s loaded (/proc/%s exists)" % (module, LEGACY_NAMES[family]))
     except FileNotFoundError:
         pass
     except OSError as e:
         return Fact(None, "/proc/%s: %s" % (LEGACY_NAMES[family], e.strerror or e))
-    if not os.path.isdir(os.path.join(proc, "net")):
+    if not _is_dir(proc + "/net"):
         return Fact(None, "no /proc/net to look in")
     modules = loaded_modules(proc)
     if modules == MISSING:
