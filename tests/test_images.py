@@ -345,3 +345,18 @@ def test_copy_from_the_image_into_a_python_less_base(built, copied_image, make_n
         assert "-A INPUT -s 192.0.2.%d/32 -j DROP" % n in ns.rules(backend), (backend, setup)
         assert "-A INPUT -s 2001:db8::%d/128 -j DROP" % n in ns.rules(backend, "ip6tables"), (backend, setup)
         assert ns.rules(other) == [] and ns.rules(other, "ip6tables") == [], (backend, setup)
+
+
+def test_frozen_doctor_gives_the_same_json_as_the_source(built, make_netns, tmp_path):
+    """`doctor --json` from the frozen tree equals the source one's (timings aside), over a healthy
+    nft netns, a healthy legacy one and a split one."""
+    from test_doctor import assert_frozen_doctor_matches_source
+
+    spaces = [make_netns() for _ in range(3)]
+    spaces[0].ok("iptables-nft -A INPUT -j ACCEPT")
+    spaces[1].ok("iptables-legacy -A INPUT -j ACCEPT")
+    spaces[2].ok("iptables-nft -A INPUT -j ACCEPT; iptables-legacy -A INPUT -j DROP")  # split: exit 1
+    cache_dir = tmp_path / "cache"
+    os.mkdir(str(cache_dir), 0o700)
+    assert_frozen_doctor_matches_source(os.path.join(built.dist, "iptables-shim", "iptables-shim"), spaces,
+                                        cache_dir, tmp_path)
