@@ -65,10 +65,8 @@ def default_alias(found):
 
 def kernel_support(proc):
     """({backend: "loaded"|"loadable"|"absent"|None}, {backend: why}) without loading anything."""
-    try:
-        from shim.facts import kernel_support as ks
-    except ImportError:
-        return {}, {}
+    from shim.facts import kernel_support as ks
+
     support, why = {}, {}
     for backend in BACKENDS:
         fact = ks.support(backend, proc=proc)
@@ -107,14 +105,14 @@ def caller_alone_could_answer(caller):
 
 def answers_alone(caller):
     """The decision the caller's own facts give whatever the netns holds (step 0 or 2), or None."""
-    if caller.alias_backend is None or not (caller.context == "host" or caller.privileged is False):
+    if caller.alias_backend is None or not caller_alone_could_answer(caller):
         return None
     facts = Facts(caller.context, caller.alias_backend, dict(UNREAD), dict(UNREAD),
                   {b: caller.alias_backend == b for b in BACKENDS}, privileged=caller.privileged,
                   support=caller.support)
     try:
         return decide(facts)
-    except ShimError:  # Undecided: the netns's facts are needed
+    except Undecided:  # the netns's facts are needed
         return None
 
 
@@ -128,10 +126,10 @@ def resolve(name, settings, shim_path, consult_cache=True, gather_all=False, pro
     shim_ids = {own} if own else set()
     r.cache_dir = cache.cache_dir(settings.get(CACHE), settings.get(CACHE_DIR))
     r.cache_key = netns.netns_key() if r.cache_dir else None
-    if r.cache_key:
+    mode = settings.get(MODE)
+    if r.cache_key and not (mode and not gather_all):  # an override never reads the cache
         r.cached = cache.load(r.cache_dir, r.cache_key)
     try:
-        mode = settings.get(MODE)
         if mode and not gather_all:
             r.decision, r.source, r.how = override(mode), "override", "override, not cached"
         else:
