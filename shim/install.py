@@ -28,6 +28,20 @@ from shim.tools import CLI_NAME, SHIM_NAMES
 SYSTEM_DIRS = ("/usr/sbin", "/usr/bin", "/sbin", "/bin")
 
 
+def installed_names(directory, verb):
+    """(name, path, lstat or None where absent) for each name `install DIR` manages."""
+    for name in sorted(SHIM_NAMES) + [CLI_NAME]:
+        path = os.path.join(directory, name)
+        try:
+            yield name, path, os.lstat(path)
+        except FileNotFoundError:
+            yield name, path, None
+        except NotADirectoryError:
+            raise ShimError("%s is not a directory; nothing was %s" % (directory, verb))
+        except OSError as e:
+            raise ShimError("cannot inspect %s: %s; nothing was %s" % (path, e.strerror, verb))
+
+
 def plan(directory, target):
     """[(name, path, action)] with action "create" or "in place"; ShimError if anything refuses."""
     own = _identity(target)
@@ -44,15 +58,10 @@ def plan(directory, target):
     if os.path.lexists(directory) and not os.path.isdir(directory):
         raise ShimError("cannot install into %s: it is not a directory" % directory)
     steps = []
-    for name in sorted(SHIM_NAMES) + [CLI_NAME]:
-        path = os.path.join(directory, name)
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
+    for name, path, st in installed_names(directory, "installed"):
+        if st is None:
             steps.append((name, path, "create"))
             continue
-        except OSError as e:
-            raise ShimError("cannot inspect %s: %s; nothing was installed" % (path, e.strerror))
         leads_here = _identity(path) == own
         if leads_here and (stat.S_ISLNK(st.st_mode) or stat.S_ISREG(st.st_mode)):
             steps.append((name, path, "in place"))
@@ -111,17 +120,10 @@ def uninstall(directory, target):
     frozen tree's own, the shim itself) refuses the whole uninstall before anything is removed."""
     target = os.path.realpath(target)
     steps = []
-    for name in sorted(SHIM_NAMES) + [CLI_NAME]:
-        path = os.path.join(directory, name)
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
+    for name, path, st in installed_names(directory, "removed"):
+        if st is None:
             steps.append((name, path, "absent"))
             continue
-        except NotADirectoryError:
-            raise ShimError("cannot uninstall from %s: it is not a directory" % directory)
-        except OSError as e:
-            raise ShimError("cannot inspect %s: %s; nothing was removed" % (path, e.strerror))
         if stat.S_ISLNK(st.st_mode) and os.readlink(path) == target:
             steps.append((name, path, "remove"))
             continue
