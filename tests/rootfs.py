@@ -1,18 +1,18 @@
-"""A container without a container engine: a root filesystem with its own iptables binaries.
+"""A stand-in container without a container engine: a chroot tree with its own iptables binaries.
 
-An `Image` is a directory that looks like a small container image: its own /usr/sbin holding copies
-of xtables-nft-multi and/or xtables-legacy-multi, the variant names (`iptables-nft`,
-`ip6tables-legacy-save`, ...) as symlinks to them, and the default alias (`iptables`, ...) pointing
-at whichever backend the image chose, or absent. Everything else the programs need (libraries,
+A `ChrootContainer` is a directory that looks like a small container's root filesystem: its own
+/usr/sbin holding copies of xtables-nft-multi and/or xtables-legacy-multi, the variant names
+(`iptables-nft`, `ip6tables-legacy-save`, ...) as symlinks to them, and the default alias (`iptables`, ...) pointing
+at whichever backend the container chose, or absent. Everything else the programs need (libraries,
 python3, sh, nsenter) is the host's /usr/bin, /usr/lib and /usr/lib64 bind-mounted read-only; the
 shim checkout is bind-mounted read-only at /opt/iptables-shim.
 
-`Image.run` enters it as a container runtime would: a private mount namespace and a new PID
+`ChrootContainer.run` enters it as a container runtime would: a private mount namespace and a new PID
 namespace (`unshare -m -p -f`), the bind mounts and a fresh /proc made inside that private mount
 namespace (nothing shows on the host), then `chroot`. Optionally first into a network namespace
 (the container's own, a pod netns), and optionally, from inside the container, `nsenter --net` into
 a named netns under /run/netns (a node agent reaching the host's netns by path; /run/netns is
-bind-mounted into the root for that). Building an image is a few copies and symlinks, and entering
+bind-mounted into the root for that). Building one is a few copies and symlinks, and entering
 it costs a few milliseconds, so every test can have its own.
 """
 
@@ -20,25 +20,25 @@ import json
 import os
 import shutil
 import subprocess
-import uuid
 
 import pytest
 
-from conftest import REPO, Netns
+from namespaces import REPO
+from shim.tools import FAMILIES, TOOL_SUFFIXES, variant_name
+# test_images.py (another owner's) imports the fixture from here; the one factory is namespaces.py's.
+from namespaces import make_netns  # noqa: F401
 
 CONTAINER_SHIM = "/opt/iptables-shim"
 CONTAINER_PATH = CONTAINER_SHIM + "/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 MULTI = {"nft": "xtables-nft-multi", "legacy": "xtables-legacy-multi"}
-FAMILIES = ("iptables", "ip6tables")
-SUFFIXES = ("", "-save", "-restore")
 HOST_SBIN = "/usr/sbin"
-# Host directories shared read-only with every image: they must hold no iptables name of their own,
-# or the image would not be the only source of its binaries.
+# Host directories shared read-only with every chroot: they must hold no iptables name of their own,
+# or the chroot would not be the only source of its binaries.
 SHARED_DIRS = ("usr/bin", "usr/lib", "usr/lib64")
 ETC_FILES = ("protocols", "services", "ethertypes", "nsswitch.conf", "passwd", "group")
 
 # Runs as PID 1 of the new PID namespace, in the private mount namespace, still on the host's root.
-# $1: the image root, $2: "netns" to bind /run/netns into it, or "-"; the rest: the command.
+# $1: the chroot root, $2: "netns" to bind /run/netns into it, or "-"; the rest: the command.
 ENTER = r"""
 set -e
 root=$1; runns=$2; shift 2
@@ -80,11 +80,28 @@ def assert_only_in(netns, backend, family="iptables"):
     assert where[other] == [], where
 
 
+def sbin_dir(directory, aliases=None, variants=()):
+    """A PATH directory standing for a container image's /usr/sbin, without the chroot: the variant
+    names of each backend in `variants`, and the default names (`iptables`, `ip6tables-save`, ...)
+    running `aliases` (one backend for both families, or {family: backend}), all symlinks straight
+    to the host's multi-call binaries. Its path."""
+    os.makedirs(directory, exist_ok=True)
+    if aliases is not None and not isinstance(aliases, dict):
+        aliases = {f: aliases for f in FAMILIES}
+    for family, backend in sorted((aliases or {}).items()):
+        for s in TOOL_SUFFIXES:
+            os.symlink(os.path.join(HOST_SBIN, MULTI[backend]), os.path.join(directory, family + s))
+    for backend in variants:
+        for name in variant_links(backend):
+            os.symlink(os.path.join(HOST_SBIN, MULTI[backend]), os.path.join(directory, name))
+    return directory
+
+
 def variant_links(backend):
-    return ["%s-%s%s" % (f, backend, s) for f in FAMILIES for s in SUFFIXES]
+    return [variant_name(f, backend, s) for f in FAMILIES for s in TOOL_SUFFIXES]
 
 
-class Image(object):
+class ChrootContainer(object):
     """A root filesystem with its own iptables binaries, and the way into it.
 
     backends: which of "nft", "legacy" ship (their multi binary copied, variant names linked);
@@ -94,7 +111,7 @@ class Image(object):
 
     def __init__(self, root, backends=("nft", "legacy"), alias="nft"):
         if alias is not None and alias not in backends:
-            raise ValueError("an alias to %s needs the %s binaries in the image" % (alias, alias))
+            raise ValueError("an alias to %s needs the %s binaries in the chroot" % (alias, alias))
         self.root = str(root)
         self.backends = tuple(backends)
         self.alias = alias
@@ -117,7 +134,7 @@ class Image(object):
                 clash = [n for n in os.listdir("/" + d) if n.startswith(("iptables", "ip6tables", "xtables"))
                          and n != "iptables-xml"]
                 if clash:
-                    raise RuntimeError("/%s holds %s: an image would not own its iptables" % (d, clash))
+                    raise RuntimeError("/%s holds %s: a chroot would not own its iptables" % (d, clash))
         for name in ETC_FILES:
             if os.path.exists("/etc/" + name):
                 shutil.copy("/etc/" + name, os.path.join(root, "etc", name))
@@ -128,11 +145,11 @@ class Image(object):
                 os.symlink(MULTI[backend], os.path.join(sbin, name))
         if self.alias:
             for f in FAMILIES:
-                for s in SUFFIXES:
-                    os.symlink("%s-%s%s" % (f, self.alias, s), os.path.join(sbin, f + s))
+                for s in TOOL_SUFFIXES:
+                    os.symlink(variant_name(f, self.alias, s), os.path.join(sbin, f + s))
 
     def sbin(self):
-        """{name: symlink target or "file"} of the image's own /usr/sbin."""
+        """{name: symlink target or "file"} of the chroot's own /usr/sbin."""
         d = os.path.join(self.root, "usr/sbin")
         return {n: (os.readlink(os.path.join(d, n)) if os.path.islink(os.path.join(d, n)) else "file")
                 for n in os.listdir(d)}
@@ -182,32 +199,15 @@ class Image(object):
 
 
 @pytest.fixture
-def make_image(tmp_path):
-    """make_image(backends=("nft", "legacy"), alias="nft") -> a fresh Image under tmp_path."""
+def make_chroot(tmp_path):
+    """make_chroot(backends=("nft", "legacy"), alias="nft") -> a fresh ChrootContainer under tmp_path."""
     if os.geteuid() != 0:
         pytest.skip("needs root: mounts, PID namespaces and chroot")
     count = [0]
 
     def make(backends=("nft", "legacy"), alias="nft"):
         count[0] += 1
-        return Image(tmp_path / ("image%d" % count[0]), backends, alias)
+        return ChrootContainer(tmp_path / ("chroot%d" % count[0]), backends, alias)
 
     return make
 
-
-@pytest.fixture
-def make_netns():
-    """make_netns() -> one more named Netns (beyond the `netns` fixture), deleted at teardown."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root: creates network namespaces")
-    made = []
-
-    def make():
-        ns = Netns("shimtest-" + uuid.uuid4().hex[:10])
-        subprocess.run(["ip", "netns", "add", ns.name], check=True)
-        made.append(ns)
-        return ns
-
-    yield make
-    for ns in made:
-        subprocess.run(["ip", "netns", "delete", ns.name], check=False)

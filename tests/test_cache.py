@@ -8,8 +8,9 @@ import subprocess
 
 import pytest
 
-from conftest import BIN, shim_env
-from fakes import cache_files, call, netns_key
+from conftest import BIN, cache_files, shim_env
+from namespaces import call
+from shim_output import shim_error_line
 
 CONTAINER = {"IPTABLES_SHIM_CONTEXT": "container"}  # decide from the rules, not the host's alias
 WRONG = b"nft 4 nft holds rules\n"  # a well-formed entry naming the backend that is wrong here
@@ -62,7 +63,7 @@ def test_first_call_writes_one_entry_and_the_second_reuses_it_without_probing(ne
     first = shim_syscalls(netns, env, "192.0.2.1", tmp_path / "trace1")
     assert any("AF_NETLINK" in c or "IPT_SO_GET_INFO" in c or c.startswith(("clone", "fork", "vfork"))
                for c in first), first
-    key = netns_key(netns)
+    key = netns.cache_key()
     assert cache_files(cache_dir) == [key]
     assert_good_entry(cache_dir / key, "legacy")
     assert stat.S_IMODE(os.lstat(str(cache_dir)).st_mode) == 0o700
@@ -94,7 +95,7 @@ def test_decision_on_an_empty_netns_is_rechecked(netns, cache_dir):
     netns.ok("iptables-legacy -A FORWARD -s 203.0.113.1 -j DROP")
     assert add(netns, env, "192.0.2.1").returncode == 0
     assert holder(netns, "192.0.2.1") == ["legacy"]
-    assert_good_entry(cache_dir / netns_key(netns), "legacy")
+    assert_good_entry(cache_dir / netns.cache_key(), "legacy")
 
 
 def test_a_call_that_cannot_run_leaves_no_entry_for_later_calls(netns, cache_dir):
@@ -105,12 +106,12 @@ def test_a_call_that_cannot_run_leaves_no_entry_for_later_calls(netns, cache_dir
     only_nft = netns.ok("mktemp -d").strip()
     netns.ok("ln -s /usr/sbin/iptables-nft %s/iptables-nft" % only_nft)
     failed = add(netns, shim_env(cache_dir, path=BIN + ":" + only_nft, **CONTAINER), "192.0.2.1")
-    assert failed.returncode == 127 and failed.stderr.startswith(b"iptables-shim: ")
+    shim_error_line(failed)
     assert b"iptables-legacy is not on PATH" in failed.stderr
     assert cache_files(cache_dir) == []
     assert add(netns, shim_env(cache_dir, **CONTAINER), "192.0.2.2").returncode == 0
     assert holder(netns, "192.0.2.2") == ["legacy"]
-    assert_good_entry(cache_dir / netns_key(netns), "legacy")
+    assert_good_entry(cache_dir / netns.cache_key(), "legacy")
 
 
 def test_host_context_answers_are_never_cached_and_never_served_to_a_container(netns, cache_dir):
@@ -144,7 +145,7 @@ BAD_ENTRIES = ["symlink-to-wrong", "symlink-to-evil", "other-owner", "group-writ
 @pytest.mark.parametrize("kind", BAD_ENTRIES)
 def test_bad_entry_is_ignored_replaced_and_never_runs_anything(netns, cache_dir, tmp_path, kind):
     legacy_netns(netns)
-    key = netns_key(netns)
+    key = netns.cache_key()
     evil, marker = plant_evil(tmp_path)
     os.mkdir(str(cache_dir), 0o700)
     entry = str(cache_dir / key)
@@ -178,7 +179,7 @@ def test_bad_entry_is_ignored_replaced_and_never_runs_anything(netns, cache_dir,
 def test_entry_that_is_a_directory_costs_only_speed(netns, cache_dir, tmp_path):
     """rename() cannot replace a directory: the call goes on without the cache, silently."""
     legacy_netns(netns)
-    key = netns_key(netns)
+    key = netns.cache_key()
     os.makedirs(str(cache_dir / key), 0o700)
     env = shim_env(cache_dir, **CONTAINER)
     for source in ("192.0.2.1", "192.0.2.2"):
@@ -191,7 +192,7 @@ def test_entry_that_is_a_directory_costs_only_speed(netns, cache_dir, tmp_path):
 @pytest.mark.parametrize("kind", ["group-writable", "world-writable", "other-owner", "symlink"])
 def test_untrusted_cache_directory_is_neither_read_nor_written(netns, cache_dir, tmp_path, kind):
     legacy_netns(netns)
-    key = netns_key(netns)
+    key = netns.cache_key()
     real = tmp_path / "real-cache"
     os.mkdir(str(real), 0o700)
     with open(str(real / key), "wb") as f:
@@ -248,7 +249,7 @@ def test_cache_off_writes_nothing(netns, cache_dir):
         assert add(netns, env, source).returncode == 0
         assert holder(netns, source) == ["legacy"]
     assert not cache_dir.exists()
-    assert not os.path.exists(os.path.join("/run/iptables-shim", netns_key(netns)))
+    assert not os.path.exists(os.path.join("/run/iptables-shim", netns.cache_key()))
 
 
 def test_override_is_never_cached_nor_blocked_by_an_entry(netns, cache_dir):
@@ -260,7 +261,7 @@ def test_override_is_never_cached_nor_blocked_by_an_entry(netns, cache_dir):
     # Without the override, the facts decide again (both hold rules now: nft, step 4) and are cached.
     assert add(netns, env, "192.0.2.2").returncode == 0
     assert holder(netns, "192.0.2.2") == ["nft"]
-    key = netns_key(netns)
+    key = netns.cache_key()
     assert_good_entry(cache_dir / key, "nft")
     before = (cache_dir / key).read_bytes()
     assert add(netns, dict(env, IPTABLES_SHIM_MODE="legacy"), "192.0.2.3").returncode == 0
@@ -285,7 +286,7 @@ def test_entries_of_dead_netns_are_pruned_past_the_limit(netns, cache_dir):
     proc = add(netns, shim_env(cache_dir, **CONTAINER), "192.0.2.91")
     assert proc.returncode == 0, proc.stderr
     assert holder(netns, "192.0.2.91") == ["legacy"]
-    key = netns_key(netns)
+    key = netns.cache_key()
     assert key.startswith(KEY_PREFIXES)  # the only names prune() deletes: the keys netns_key makes
     left = cache_files(cache_dir)
     assert key in left and "operator-notes" in left

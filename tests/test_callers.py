@@ -30,15 +30,16 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 import uuid
 
 import pytest
 
-from conftest import BIN, Netns
+from conftest import BIN
+from namespaces import Netns
+from shim.tools import FAMILIES, SHIM_NAMES, TOOL_SUFFIXES, split_name, variant_name
+from shim_output import SyslogSink, is_shim_error
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: network namespaces, setpriv, user namespaces")
 
@@ -89,15 +90,14 @@ class Layout(object):
         os.mkdir(self.dir, 0o755)
         multi = {"nft": "/usr/sbin/xtables-nft-multi", "legacy": "/usr/sbin/xtables-legacy-multi"}
         for b in backends:
-            for fam in ("iptables", "ip6tables"):
-                for s in ("", "-save", "-restore"):
-                    os.symlink(multi[b], os.path.join(self.dir, "%s-%s%s" % (fam, b, s)))
-        names = default_names if default_names is not None else [
-            f + s for f in ("iptables", "ip6tables") for s in ("", "-save", "-restore")]
+            for fam in FAMILIES:
+                for s in TOOL_SUFFIXES:
+                    os.symlink(multi[b], os.path.join(self.dir, variant_name(fam, b, s)))
+        names = default_names if default_names is not None else sorted(SHIM_NAMES)
         if alias:
             for n in names:
-                fam, _, suffix = n.partition("-")
-                os.symlink("%s-%s%s" % (fam, alias, "-" + suffix if suffix else ""), os.path.join(self.dir, n))
+                fam, suffix = split_name(n)
+                os.symlink(variant_name(fam, alias, suffix), os.path.join(self.dir, n))
         self.alias = alias
         self.locks = os.path.join(root, "locks")
         if not os.path.isdir(self.locks):
@@ -151,11 +151,6 @@ def marked(ns):
     return out
 
 
-def one_shim_line(stderr):
-    lines = stderr.decode("utf-8", "replace").splitlines()
-    return len(lines) == 1 and lines[0].startswith("iptables-shim:")
-
-
 def classify(ns, rules_backend, r, direct=None):
     """The outcome of a write through the shim: 'landed', 'as the alias', 'refused' — or an
     AssertionError naming what went wrong."""
@@ -163,7 +158,7 @@ def classify(ns, rules_backend, r, direct=None):
     other = OTHER[rules_backend]
     assert where[other] == [], ("the rule went into %s, the backend this netns does not use" % other,
                                 where, r.returncode, r.stderr)
-    if r.returncode == 127 and one_shim_line(r.stderr) and not r.stdout:
+    if is_shim_error(r):
         assert where[rules_backend] == [], ("refused, yet something was written", where)
         return "refused"
     if direct is not None and (r.returncode, r.stdout, r.stderr) == direct:
@@ -201,12 +196,9 @@ def userns_holder(root, rules_backend, nested):
     return p, p.pid
 
 
-class PidNetns(Netns):
+def pid_netns(pid):
     """The netns of a running process, read from the host as root."""
-
-    def __init__(self, pid):
-        Netns.__init__(self, "pid-%d" % pid)
-        self.path = "/proc/%d/ns/net" % pid
+    return Netns("pid-%d" % pid, "/proc/%d/ns/net" % pid)
 
 
 # -- the caller matrix -----------------------------------------------------------------------------
@@ -227,7 +219,7 @@ def test_caller_matrix_never_writes_into_the_other_backend(netns, shared_root, r
     holder = None
     if caller.startswith("userns"):
         holder, pid = userns_holder(shared_root, rules_backend, nested=caller == "userns-nested")
-        ns, prefix, uid, upid = PidNetns(pid), [], NOBODY, pid
+        ns, prefix, uid, upid = pid_netns(pid), [], NOBODY, pid
     else:
         netns.ok(SEED[rules_backend])
         ns, prefix, uid, upid = netns, CALLERS[caller], (0 if caller == "root" else NOBODY), None
@@ -335,9 +327,7 @@ def test_with_the_log_on_the_callers_streams_are_the_real_binarys(netns, shared_
     call of the image's alias (legacy, where the rules are) gives in a twin netns — and the log file
     holds one line for it."""
     layout = Layout(shared_root, "legacy")
-    twin = Netns("shimtest-" + uuid.uuid4().hex[:10])
-    subprocess.run(["ip", "netns", "add", twin.name], check=True)
-    try:
+    with Netns.create() as twin:
         for ns in (netns, twin):
             ns.ok(SEED["legacy"])
         log = os.path.join(shared_root, "shim.log")
@@ -349,8 +339,6 @@ def test_with_the_log_on_the_callers_streams_are_the_real_binarys(netns, shared_
         assert os.path.exists(log), "IPTABLES_SHIM_LOG=%s: no log file written" % log
         lines = open(log, "rb").read().decode().splitlines()
         assert len(lines) == 1 and "legacy" in lines[0], lines
-    finally:
-        subprocess.run(["ip", "netns", "delete", twin.name], check=False)
 
 
 def test_log_file_gets_one_whole_line_per_call_under_concurrency(netns, shared_root):
@@ -386,31 +374,9 @@ def test_log_file_gets_one_whole_line_per_call_under_concurrency(netns, shared_r
 
 
 def netns_cookie(ns):
-    r = ns.run(["/usr/bin/python3", "-I", "-S", "-c",
-                "import socket; s = socket.socket(); print(int.from_bytes(s.getsockopt(socket.SOL_SOCKET, 71, 8), 'little'))"])
-    assert r.returncode == 0, r.stderr
-    return r.stdout.decode().strip()
-
-
-class SyslogSink(object):
-    """A private datagram socket standing for /dev/log."""
-
-    def __init__(self, path):
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(path)
-        self.sock.settimeout(0.5)
-
-    def messages(self):
-        out = []
-        while True:
-            try:
-                out.append(self.sock.recv(65536).decode("utf-8", "replace"))
-            except socket.timeout:
-                return out
-
-    def close(self):
-        self.sock.close()
+    """The netns cookie read with getsockopt(SO_NETNS_COOKIE = 71), not with the shim's own code."""
+    return str(ns.python("import socket\ns = socket.socket()\n"
+                         "print(json.dumps(int.from_bytes(s.getsockopt(socket.SOL_SOCKET, 71, 8), 'little')))"))
 
 
 def test_new_decisions_go_to_the_system_log_with_netns_backend_step_reason_and_caller(netns, shared_root):
@@ -475,7 +441,7 @@ def test_explain_and_a_call_agree_on_what_runs(netns, shared_root):
         runs = json.loads(rep.stdout.decode())["runs"]
         call = run_in(netns.path, [], [fam, "-V"], env)
         if str(runs).startswith("error"):
-            assert call.returncode == 127 and one_shim_line(call.stderr), (runs, call.returncode, call.stdout)
+            assert is_shim_error(call), (runs, call.returncode, call.stdout, call.stderr)
         else:
             assert call.returncode == 0, (runs, call.stderr)
             real = run_in(netns.path, [], [fam, "-V"], {"PATH": d + ":" + TOOLS_PATH, "LC_ALL": "C"})

@@ -20,7 +20,7 @@ import time
 import pytest
 
 from conftest import BIN, shim_env
-from rootfs import WRITE4, assert_only_in, landed, make_image, make_netns  # noqa: F401
+from rootfs import WRITE4, assert_only_in, landed
 
 NFT_HOST = os.path.realpath("/usr/sbin/iptables").endswith("xtables-nft-multi")
 
@@ -56,28 +56,28 @@ def test_cni_plugin_host_path_in_pod_netns_uses_the_host_alias(netns, cache_dir,
     assert_only_in(netns, "nft")
 
 
-def test_init_container_in_pod_netns_follows_the_rules_not_its_image(netns, make_image):
+def test_init_container_in_pod_netns_follows_the_rules_not_its_image(netns, make_chroot):
     """An init container whose image aliases legacy, in a pod netns where the host's CNI plugin
     already wrote nft rules: the rule joins nft."""
-    image = make_image(("nft", "legacy"), "legacy")
+    container = make_chroot(("nft", "legacy"), "legacy")
     netns.ok("iptables-nft -t nat -A POSTROUTING -s 10.0.0.0/24 -j MASQUERADE")
-    report = image.explain(netns=netns)
+    report = container.explain(netns=netns)
     assert (report["context"]["value"], report["netns"]["kind"]) == ("container", "pod")
-    r = image.run(WRITE4, netns=netns)
+    r = container.run(WRITE4, netns=netns)
     assert r.returncode == 0, r.stderr
     assert_only_in(netns, "nft")
 
 
 @pytest.mark.parametrize("pid_ns", [True, False], ids=["own PID ns", "hostPID"])
-def test_node_agent_in_pod_netns_follows_the_rules_not_its_image(netns, make_image, pid_ns):
+def test_node_agent_in_pod_netns_follows_the_rules_not_its_image(netns, make_chroot, pid_ns):
     """A node agent whose image aliases nft, in a pod netns where an older init container wrote
     legacy rules (IPv6 only): its IPv4 rule joins legacy. With hostPID the container is told apart
     by its chroot alone."""
-    image = make_image(("nft", "legacy"), "nft")
+    container = make_chroot(("nft", "legacy"), "nft")
     netns.ok("ip6tables-legacy -t nat -A OUTPUT -d 2001:db8::1 -j RETURN")
-    report = image.explain(netns=netns, pid_ns=pid_ns)
+    report = container.explain(netns=netns, pid_ns=pid_ns)
     assert (report["context"]["value"], report["netns"]["kind"]) == ("container", "pod"), report["context"]
-    r = image.run(WRITE4, netns=netns, pid_ns=pid_ns)
+    r = container.run(WRITE4, netns=netns, pid_ns=pid_ns)
     assert r.returncode == 0, r.stderr
     assert_only_in(netns, "legacy")
 
@@ -103,7 +103,7 @@ HOST_NETNS_SETUPS = {
 
 
 @pytest.mark.parametrize("case", sorted(HOST_NETNS_SETUPS))
-def test_node_agent_entering_named_host_netns_from_its_container(netns, make_netns, make_image, case):
+def test_node_agent_entering_named_host_netns_from_its_container(netns, make_netns, make_chroot, case):
     """The agent's process is inside its container (own mount and PID ns, chroot, in its pod netns)
     and joins the named netns by path, `nsenter --net=/run/netns/NAME`, before calling iptables.
     The rule lands in that netns's backend, and nothing lands in the pod netns it came from."""
@@ -111,11 +111,11 @@ def test_node_agent_entering_named_host_netns_from_its_container(netns, make_net
     hostnet = make_netns()
     hostnet.ok(setup)
     pod_before = netns.snapshot()
-    image = make_image(("nft", "legacy"), image_alias)
-    report = image.explain(netns=netns, enter=hostnet)
+    container = make_chroot(("nft", "legacy"), image_alias)
+    report = container.explain(netns=netns, enter=hostnet)
     assert report["context"]["value"] == "container", report["context"]
     assert report["decision"]["backend"] == expected, report["decision"]
-    r = image.run(WRITE4, netns=netns, enter=hostnet)
+    r = container.run(WRITE4, netns=netns, enter=hostnet)
     assert r.returncode == 0, r.stderr
     assert_only_in(hostnet, expected)
     assert landed(netns) == {"nft": [], "legacy": []}

@@ -19,11 +19,9 @@ kernel probe right; tests/test_kernel_probes.py shows those cases one by one.
 import json
 import os
 import random
-import subprocess
 import sys
-import uuid
 
-from conftest import REPO, Netns
+from namespaces import Netns
 
 BUILTIN = {
     "filter": ["INPUT", "FORWARD", "OUTPUT"],
@@ -142,10 +140,8 @@ def gen_case(rng):
     return steps, expected
 
 
-# Runs inside the netns: one probe kind for both backends, as JSON.
+# Runs inside the netns (Netns.python): one probe kind for both backends, as JSON.
 WORKER = r"""
-import json, sys
-sys.path.insert(0, %(repo)r)
 from shim.facts import rules, nft_kernel, legacy_kernel
 out = {}
 if sys.argv[1] == "kernel":
@@ -154,16 +150,10 @@ if sys.argv[1] == "kernel":
         out[backend] = {"rules": r, "hint": h}
 else:
     for backend in ("nft", "legacy"):
-        s = rules.save_probe(backend, {f: "/usr/sbin/%%s-%%s-save" %% (f, backend) for f in ("iptables", "ip6tables")})
+        s = rules.save_probe(backend, {f: "/usr/sbin/%s-%s-save" % (f, backend) for f in ("iptables", "ip6tables")})
         out[backend] = {"rules": s.rules, "hint": s.hint, "source": s.source}
 print(json.dumps(out))
-""" % {"repo": REPO}
-
-
-def probe_in(netns, kind):
-    r = netns.run(["/usr/bin/python3", "-I", "-S", "-c", WORKER, kind])
-    assert r.returncode == 0, r.stderr.decode()
-    return json.loads(r.stdout.decode())
+"""
 
 
 def test_kernel_probes_agree_with_save_reference(netns):
@@ -175,15 +165,15 @@ def test_kernel_probes_agree_with_save_reference(netns):
         steps, expected = gen_case(rng)
         where = "seed %d case %d: %s" % (seed, case, json.dumps(steps))
         # A fresh netns for every case: the fixture's own for the first, then new ones.
-        ns = netns if case == 0 else _fresh()
+        ns = netns if case == 0 else Netns.create("shimdiff-")
         try:
             for cmd, text in steps:
                 r = ns.run(["/bin/sh", "-c", cmd], input=text.encode())
                 assert r.returncode == 0, (where, cmd, r.stderr.decode())
             before = ns.snapshot()
-            kernel = probe_in(ns, "kernel")
+            kernel = ns.python(WORKER, "kernel")
             assert ns.snapshot() == before, ("the kernel probe changed the netns", where)
-            save = probe_in(ns, "save")
+            save = ns.python(WORKER, "save")
             assert ns.snapshot() == before, ("the save probe changed the netns", where)
             for backend in ("nft", "legacy"):
                 reference = {k: save[backend][k] for k in ("rules", "hint")}
@@ -196,13 +186,6 @@ def test_kernel_probes_agree_with_save_reference(netns):
     # The generator reached every combination of facts in both backends (else the test proves little).
     for backend in ("nft", "legacy"):
         assert seen[backend] == {(False, False), (False, True), (True, False), (True, True)}, (backend, seen, seed)
-
-
-def _fresh():
-    ns = Netns("shimdiff-" + uuid.uuid4().hex[:10])
-    subprocess.run(["ip", "netns", "add", ns.name], check=True)
-    ns.delete = lambda: subprocess.run(["ip", "netns", "delete", ns.name], check=False)
-    return ns
 
 
 if __name__ == "__main__":  # print generated cases, to read what the test covers

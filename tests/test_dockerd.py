@@ -22,11 +22,12 @@ import socket
 import subprocess
 import tempfile
 import time
-import uuid
 
 import pytest
 
-from conftest import BIN, SYSTEM_PATH, Netns
+from conftest import BIN, SYSTEM_PATH
+from namespaces import Netns
+from shim_output import SyslogSink
 
 pytestmark = [
     pytest.mark.slow,
@@ -130,34 +131,17 @@ class Dockerd(object):
             subprocess.run(["umount", "-l", m], check=False)
 
 
-class SyslogSink(object):
-    def __init__(self, path):
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(path)
-        self.sock.settimeout(0.2)
-
-    def messages(self):
-        out = []
-        while True:
-            try:
-                out.append(self.sock.recv(65536).decode("utf-8", "replace"))
-            except socket.timeout:
-                return out
-
-
 @pytest.fixture
 def dockerd_netns():
     for binary in ("dockerd", "containerd", "runc"):
         if not shutil.which(binary, path=SYSTEM_PATH):
             pytest.skip("%s is not installed: apt-get install docker.io (what .ci/run does)" % binary)
-    ns = Netns("shimdock-" + uuid.uuid4().hex[:8])
-    subprocess.run(["ip", "netns", "add", ns.name], check=True)
+    ns = Netns.create("shimdock-")
     base = tempfile.mkdtemp(prefix="shimdock-", dir="/var/tmp")  # short: the API socket path is < 108 bytes
     try:
         yield ns, base
     finally:
-        subprocess.run(["ip", "netns", "delete", ns.name], check=False)
+        ns.delete()
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -169,7 +153,7 @@ def test_dockerd_through_the_shim_keeps_its_netns_in_legacy(dockerd_netns):
     cache = os.path.join(base, "cache")
     os.mkdir(cache, 0o700)
     shim_log = os.path.join(base, "shim.log")
-    sink = SyslogSink(os.path.join(base, "syslog.sock"))
+    sink = SyslogSink(os.path.join(base, "syslog.sock"), timeout=0.2)
     env = {"PATH": BIN + ":" + SYSTEM_PATH, "LC_ALL": "C", "IPTABLES_SHIM_CONTEXT": "container",
            "IPTABLES_SHIM_CACHE_DIR": cache, "IPTABLES_SHIM_LOG": shim_log,
            "IPTABLES_SHIM_SYSLOG_SOCKET": sink.path}

@@ -23,7 +23,9 @@ import uuid
 
 import pytest
 
-from conftest import BIN, REPO, SYSTEM_PATH, Netns
+from conftest import BIN, SYSTEM_PATH
+from namespaces import Netns
+from shim_output import shim_error_line
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates network namespaces")
 
@@ -67,7 +69,7 @@ PROCESS_SETUP = NFT_RULE
 PROCESS_MARK = "3001"  # `sleep 3001`: how the test finds the process-only namespace in the report
 
 
-def shim_env(cache_dir, tmp_path, **extra):
+def doctor_env(cache_dir, **extra):
     env = {"PATH": SYSTEM_PATH, "LC_ALL": "C", "IPTABLES_SHIM_CACHE_DIR": str(cache_dir),
            # the machine's own /etc/iptables-shim.conf, if any, must not change the answers
            "IPTABLES_SHIM_CONFIG": "/nonexistent/iptables-shim.conf"}
@@ -76,11 +78,9 @@ def shim_env(cache_dir, tmp_path, **extra):
 
 
 def netns_cookie(ns):
-    code = "import sys; sys.path.insert(0, %r); from shim.facts.netns import netns_key; print(netns_key())" % REPO
-    r = ns.run(["/usr/bin/python3", "-IS", "-c", code], check=True)
-    out = r.stdout.decode().strip()
-    assert out.startswith("cookie-"), out
-    return out
+    key = ns.cache_key()
+    assert key.startswith("cookie-"), key
+    return key
 
 
 def plant(cache_dir, key, entry):
@@ -102,12 +102,12 @@ def cache_snapshot(cache_dir):
     return out
 
 
-def make_netns(names):
+def named_netns(names):
+    """A Netns named PREFIX + name for each name (doctor reports them by path)."""
     made = []
     try:
         for name in names:
-            subprocess.run(["ip", "netns", "add", PREFIX + name], check=True)
-            made.append(Netns(PREFIX + name))
+            made.append(Netns.create(name=PREFIX + name))
     except BaseException:
         delete_netns(made)
         raise
@@ -116,7 +116,7 @@ def make_netns(names):
 
 def delete_netns(namespaces):
     for ns in namespaces:
-        subprocess.run(["ip", "netns", "delete", ns.name], check=False, stderr=subprocess.DEVNULL)
+        ns.delete()
 
 
 def parse_prometheus(text):
@@ -157,7 +157,7 @@ def twenty(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("doctor")
     cache_dir = tmp / "cache"
     os.mkdir(str(cache_dir), 0o700)
-    made = make_netns(sorted(CASES))
+    made = named_netns(sorted(CASES))
     try:
         by_case = dict(zip(sorted(CASES), made))
         for case, ns in by_case.items():
@@ -192,7 +192,7 @@ def test_twenty_namespaces_each_get_exactly_their_problems_and_nothing_changes(t
     cache_before = cache_snapshot(cache_dir)
     script = AUDIT_SCRIPT.format(initial_setup=INITIAL_SETUP, process_setup=PROCESS_SETUP, mark=PROCESS_MARK,
                                  shim=SHIM)
-    env = shim_env(cache_dir, tmp_path, TMP=str(tmp_path))
+    env = doctor_env(cache_dir, TMP=str(tmp_path))
     r = subprocess.run(["unshare", "-p", "-f", "--mount-proc", "-n", "sh", "-c", script], env=env,
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=300)
     assert r.returncode == 0, r.stderr.decode()
@@ -271,7 +271,7 @@ def test_twenty_namespaces_each_get_exactly_their_problems_and_nothing_changes(t
 
 def test_exit_status_zero_when_the_audited_namespaces_are_healthy(twenty, tmp_path):
     _, cache_dir, by_case = twenty
-    env = shim_env(cache_dir, tmp_path)
+    env = doctor_env(cache_dir)
     healthy = [by_case[c].path for c in ("nft", "legacy", "nft6", "empty", "cache-fresh", "emptied")]
     args = [a for p in healthy for a in ("--netns", p)]
     r = subprocess.run([SHIM, "doctor"] + args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -294,7 +294,7 @@ def tmp_path_factory_free_dir():
 def test_unprivileged_caller_marks_what_it_cannot_enter_unreadable(twenty, tmp_path):
     """As non-root the audit reads what it can and marks the rest `unreadable`, with why."""
     _, cache_dir, by_case = twenty
-    env = shim_env(cache_dir, tmp_path)
+    env = doctor_env(cache_dir)
     prom = tmp_path_factory_free_dir()
     cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", SHIM, "doctor",
            "--json", "--prometheus", os.path.join(prom, "doctor.prom"), "--netns", by_case["split"].path]
@@ -320,11 +320,8 @@ def test_unprivileged_caller_marks_what_it_cannot_enter_unreadable(twenty, tmp_p
 @pytest.mark.parametrize("bad", ["/etc/hostname", "/run", "/proc/self/ns/pid", "/no/such/netns"])
 def test_a_netns_path_that_is_not_a_namespace_is_one_line_and_exit_2(bad, tmp_path):
     r = subprocess.run([SHIM, "doctor", "--netns", "/proc/self/ns/net", "--netns", bad],
-                       env=shim_env(tmp_path / "cache", tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert r.returncode == 2
-    assert r.stdout == b""
-    lines = r.stderr.decode().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("iptables-shim: --netns " + bad), lines
+                       env=doctor_env(tmp_path / "cache"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert shim_error_line(r, returncode=2).startswith("iptables-shim: --netns " + bad), r.stderr
 
 
 def descendants(pid):
@@ -357,12 +354,12 @@ def start_slowed_audit(cmd, env):
 
 def test_namespaces_deleted_while_the_audit_runs_are_gone_not_errors(tmp_path):
     names = ["gone-%02d" % i for i in range(60)]
-    made = make_netns(names)
+    made = named_netns(names)
     try:
         for ns in made:
             ns.ok(NFT_RULE)
         args = [a for ns in made for a in ("--netns", ns.path)]
-        p = start_slowed_audit([SHIM, "doctor", "--json"] + args, shim_env(tmp_path / "c", tmp_path))
+        p = start_slowed_audit([SHIM, "doctor", "--json"] + args, doctor_env(tmp_path / "c"))
         doomed = made[30:]
         delete_netns(doomed)
         out, err = p.communicate(timeout=120)
@@ -391,7 +388,7 @@ def test_processes_exiting_while_the_audit_runs_leave_their_namespace_gone(tmp_p
         for i in range(len(procs)):
             while not (tmp_path / ("ready-%d" % i)).exists():
                 time.sleep(0.01)
-        env = shim_env(tmp_path / "c", tmp_path)
+        env = doctor_env(tmp_path / "c")
         p = start_slowed_audit([SHIM, "doctor", "--json"], env)
         for proc in procs:
             proc.kill()
@@ -450,7 +447,7 @@ def comparable(report):
 def assert_frozen_doctor_matches_source(frozen, namespaces, cache_dir, tmp_path):
     """The frozen tree's `doctor --json` equals the source one's (timings aside)."""
     args = ["doctor", "--json"] + [a for ns in namespaces for a in ("--netns", ns.path)]
-    env = shim_env(cache_dir, tmp_path)
+    env = doctor_env(cache_dir)
     reports = {}
     for label, exe in (("source", SHIM), ("frozen", frozen)):
         r = subprocess.run([exe] + args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120)
@@ -473,15 +470,12 @@ def test_nft_rules_of_both_families_beyond_one_dump_batch_are_read(tmp_path):
     made a dual-stack node with a large ruleset `unreadable`."""
     rules = "\n".join(["*filter", ":INPUT ACCEPT [0:0]"] + ["-A INPUT -s 10.0.%d.%d/32 -j ACCEPT" % (i >> 8, i & 255)
                                                            for i in range(3000)] + ["COMMIT", ""])
-    (ns,) = make_netns(["dual-%d" % os.getpid()])
-    try:
+    with Netns.create(PREFIX) as ns:
         r = ns.run(["iptables-nft-restore"], input=rules.encode())
         assert r.returncode == 0, r.stderr
         ns.ok("ip6tables-nft -A INPUT -j ACCEPT")
-        r = subprocess.run([SHIM, "doctor", "--json", "--netns", ns.path], env=shim_env(tmp_path / "c", tmp_path),
+        r = subprocess.run([SHIM, "doctor", "--json", "--netns", ns.path], env=doctor_env(tmp_path / "c"),
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
-    finally:
-        delete_netns([ns])
     (entry,) = json.loads(r.stdout)["namespaces"]
     assert entry["problems"] == [], entry["problems"]
     assert entry["backends"]["nft"]["iptables"]["rules"] is True

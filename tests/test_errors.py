@@ -1,13 +1,16 @@
 """The shim's own failures: one stderr line starting `iptables-shim:`, exit 127, nothing executed
-(recording stand-ins stay silent), nothing written (kernel and cache as before). And the failures
+(recording fakes stay silent), nothing written (kernel and cache as before). And the failures
 that are not the shim's (garbage arguments) come from the real binary, untouched."""
 
 import os
 
 import pytest
 
-from conftest import BIN, SHIM_NAMES, SYSTEM_PATH, shim_env
-from fakes import VARIANT_NAMES, cache_files, call, log_lines, recording_dir, shim_error_line
+from conftest import BIN, SYSTEM_PATH, cache_files, shim_env
+from fakes import fake_runs, recording_fakes
+from namespaces import call
+from shim.tools import SHIM_NAMES, all_variant_names
+from shim_output import shim_error_line
 
 SHIM = os.path.join(BIN, "iptables")
 ADD = ["-A", "INPUT", "-s", "192.0.2.1", "-j", "ACCEPT"]
@@ -15,11 +18,11 @@ ADD = ["-A", "INPUT", "-s", "192.0.2.1", "-j", "ACCEPT"]
 
 @pytest.fixture
 def watched(netns, cache_dir, tmp_path):
-    """A netns with a legacy rule, recording stand-ins for every real name on PATH before the
+    """A netns with a legacy rule, recording fakes for every real name on PATH before the
     real ones (so anything the shim executes, probe or exec, leaves a line), and the state that
     must not change."""
     netns.ok("iptables-legacy -A FORWARD -s 203.0.113.1 -j DROP")
-    fake = recording_dir(tmp_path / "fake", VARIANT_NAMES + sorted(SHIM_NAMES))
+    fake = recording_fakes(tmp_path / "fake", all_variant_names() + sorted(SHIM_NAMES))
     log = tmp_path / "ran.log"
 
     class W(object):
@@ -32,7 +35,7 @@ def watched(netns, cache_dir, tmp_path):
 
         @staticmethod
         def assert_untouched():
-            assert log_lines(log) == [], "something was executed"
+            assert fake_runs(log) == [], "something was executed"
             assert netns.snapshot() == W.before
             assert cache_files(cache_dir) == []
 

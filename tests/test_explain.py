@@ -6,8 +6,9 @@ import re
 
 import pytest
 
-from conftest import BIN, shim_env
-from fakes import cache_files, call, netns_key, shim_error_line
+from conftest import BIN, cache_files, shim_env
+from namespaces import call
+from shim_output import shim_error_line
 
 HINTED = ("iptables-legacy -A FORWARD -s 203.0.113.1 -j DROP; iptables-legacy -t mangle -N KUBE-IPTABLES-HINT; "
           "iptables-nft -A INPUT -s 198.51.100.1 -j ACCEPT; iptables-nft -A INPUT -s 198.51.100.2 -j ACCEPT")
@@ -42,7 +43,7 @@ def test_json_has_every_fact_the_decision_and_its_step(netns, cache_dir, case):
         "nft": (True, False), "legacy": (True, True)}
     assert all(s["source"] for s in r["backends"].values())
     assert r["context"]["value"] == context and r["context"]["why"]
-    assert r["netns"] == {"kind": "pod", "key": netns_key(netns)}
+    assert r["netns"] == {"kind": "pod", "key": netns.cache_key()}
     assert r["default_alias"]["path"] == "/usr/sbin/iptables" and r["default_alias"]["backend"] == "nft"
     assert r["default_alias"]["how"]
     assert r["mode_override"] == extra.get("IPTABLES_SHIM_MODE")
@@ -82,7 +83,7 @@ def test_explain_reports_the_entry_a_call_cached_and_leaves_it(netns, cache_dir)
     env = shim_env(cache_dir, IPTABLES_SHIM_CONTEXT="container")
     proc, _ = call(netns, ["iptables", "-A", "INPUT", "-s", "192.0.2.1", "-j", "ACCEPT"], env)
     assert proc.returncode == 0, proc.stderr
-    entry = cache_dir / netns_key(netns)
+    entry = cache_dir / netns.cache_key()
     written = entry.read_bytes()
     r = json.loads(explain(netns, env, "--json", "--family", "ip6tables"))
     assert r["cache"]["entry"] == {"backend": "legacy", "step": 3, "reason": "kubelet's hint chain is in legacy only"}

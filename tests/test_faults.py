@@ -7,48 +7,25 @@ Rules are read back from the kernel with the real save binaries; every netns is 
 """
 
 import os
-import re
 import subprocess
 import threading
 import time
-import uuid
 
 import pytest
 
-from conftest import BIN, SYSTEM_PATH, shim_env
+from conftest import BIN, SYSTEM_PATH, cache_files, shim_env
+from namespaces import Netns
+from rootfs import sbin_dir
 from shim.cache import parse_entry
+from shim_output import debug_line, debug_lines, shim_error_line
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: namespaces, mounts, rules")
 
 NO_SBIN = "/usr/bin:/bin"  # nsenter, sh, grep; no iptables binary lives there
-DEBUG = re.compile(r"^iptables-shim: \S+ -> (\S+): (nft|legacy) \(step \d+: .*; (.*); netns (\S+)\)$", re.M)
-
-
-def legacy_alias_dir(root):
-    """A PATH directory whose default aliases run legacy, as an image built on iptables-legacy."""
-    os.makedirs(root, exist_ok=True)
-    for family in ("iptables", "ip6tables"):
-        for suffix in ("", "-save", "-restore"):
-            os.symlink("/usr/sbin/xtables-legacy-multi", os.path.join(root, family + suffix))
-    return root
-
-
-def debug_of(result):
-    m = DEBUG.search(result.stderr.decode("utf-8", "replace"))
-    assert m, result.stderr
-    return {"path": m.group(1), "backend": m.group(2), "cache": m.group(3), "key": m.group(4)}
 
 
 def shim_call(netns, env, *argv, **kw):
     return netns.run(list(argv), env=env, **kw)
-
-
-def assert_one_shim_line(result):
-    """The shim's own failure: exit 127, exactly one line, starting `iptables-shim:`."""
-    err = result.stderr.decode("utf-8", "replace")
-    assert result.returncode == 127, (result.returncode, err)
-    assert err.count("\n") == 1 and err.startswith("iptables-shim: "), err
-    assert result.stdout == b""
 
 
 # --- the cache directory --------------------------------------------------------------------------
@@ -98,8 +75,8 @@ def test_cache_short_write_leaves_no_truncated_entry(netns, tmp_path):
         r = netns.run(["prlimit", "--fsize=" + limit, "iptables", "-A", "FORWARD", "-s",
                        "192.0.2.%d" % (10 + int(limit)), "-j", "DROP"], env=env)
         assert r.returncode == 0, r.stderr  # SIGXFSZ did not kill the shim either
-        assert debug_of(r)["backend"] == "legacy"
-        assert "unusable, not cached" in debug_of(r)["cache"]
+        assert debug_line(r)["backend"] == "legacy"
+        assert "unusable, not cached" in debug_line(r)["how"]
         assert os.listdir(str(cache)) == []
     assert len(netns.rules("legacy")) == 3 and netns.rules("nft") == []
 
@@ -108,14 +85,14 @@ def test_cache_dir_deleted_between_calls_is_recreated(netns, tmp_path):
     netns.ok("iptables-nft -A FORWARD -s 192.0.2.1 -j DROP")
     cache = tmp_path / "cache"
     env = shim_env(cache, IPTABLES_SHIM_CONTEXT="container", IPTABLES_SHIM_DEBUG="1",
-                   PATH=BIN + ":" + legacy_alias_dir(str(tmp_path / "alias")) + ":" + SYSTEM_PATH)
-    first = debug_of(shim_call(netns, env, "iptables", "-A", "FORWARD", "-s", "192.0.2.2", "-j", "DROP"))
-    assert first["backend"] == "nft" and first["cache"].startswith("cached in")
+                   PATH=BIN + ":" + sbin_dir(str(tmp_path / "alias"), aliases="legacy") + ":" + SYSTEM_PATH)
+    first = debug_line(shim_call(netns, env, "iptables", "-A", "FORWARD", "-s", "192.0.2.2", "-j", "DROP"))
+    assert first["backend"] == "nft" and first["how"].startswith("cached in")
     subprocess.run(["rm", "-rf", str(cache)], check=True)
-    second = debug_of(shim_call(netns, env, "iptables", "-A", "FORWARD", "-s", "192.0.2.3", "-j", "DROP"))
-    assert second["backend"] == "nft" and second["cache"].startswith("cached in")
-    third = debug_of(shim_call(netns, env, "iptables", "-S"))
-    assert third["cache"].startswith("cache hit")
+    second = debug_line(shim_call(netns, env, "iptables", "-A", "FORWARD", "-s", "192.0.2.3", "-j", "DROP"))
+    assert second["backend"] == "nft" and second["how"].startswith("cached in")
+    third = debug_line(shim_call(netns, env, "iptables", "-S"))
+    assert third["how"].startswith("cache hit")
     (name,) = os.listdir(str(cache))
     assert parse_entry((cache / name).read_bytes())[0] == "nft"
     assert len(netns.rules("nft")) == 3 and netns.rules("legacy") == []
@@ -130,8 +107,8 @@ def test_cache_dir_replaced_by_a_file_is_left_alone(netns, tmp_path):
     for i in (2, 3):
         r = shim_call(netns, env, "iptables", "-A", "FORWARD", "-s", "192.0.2.%d" % i, "-j", "DROP")
         assert r.returncode == 0, r.stderr
-        d = debug_of(r)
-        assert d["backend"] == "legacy" and "unusable" in d["cache"]
+        d = debug_line(r)
+        assert d["backend"] == "legacy" and "unusable" in d["how"]
     assert cache.read_bytes() == b"nft 4 a file where the directory was\n"
     assert len(netns.rules("legacy")) == 3 and netns.rules("nft") == []
 
@@ -144,7 +121,7 @@ def test_cache_entry_rewritten_between_calls(netns, tmp_path):
     netns.ok("iptables-legacy -A FORWARD -s 192.0.2.1 -j DROP")
     cache = tmp_path / "cache"
     env = shim_env(cache, IPTABLES_SHIM_CONTEXT="container", IPTABLES_SHIM_DEBUG="1")
-    key = debug_of(shim_call(netns, env, "iptables", "-S"))["key"]
+    key = debug_line(shim_call(netns, env, "iptables", "-S"))["netns"]
     entry = cache / key
     assert parse_entry(entry.read_bytes())[0] == "legacy"
     for junk in (b"nft 4 nft holds rules", b"nft 4 nft\nholds rules\n", b"\x00" * 64, b"",
@@ -152,20 +129,20 @@ def test_cache_entry_rewritten_between_calls(netns, tmp_path):
         with open(str(entry), "wb") as f:  # rewritten in place, as a careless writer would
             f.write(junk)
         r = shim_call(netns, env, "iptables", "-A", "FORWARD", "-s", "192.0.2.2", "-j", "DROP")
-        assert r.returncode == 0 and debug_of(r)["backend"] == "legacy", (junk, r.stderr)
+        assert r.returncode == 0 and debug_line(r)["backend"] == "legacy", (junk, r.stderr)
         assert parse_entry(entry.read_bytes())[0] == "legacy", junk  # replaced with a whole entry
     assert netns.rules("nft") == []
     assert len(netns.rules("legacy")) == 8
 
     entry.write_bytes(b"nft 4 rewritten by root\n")
     r = shim_call(netns, env, "iptables", "-S")
-    assert debug_of(r)["backend"] == "nft" and debug_of(r)["cache"].startswith("cache hit")
+    assert debug_line(r)["backend"] == "nft" and debug_line(r)["how"].startswith("cache hit")
     import json
 
     report = json.loads(netns.run([os.path.join(BIN, "iptables-shim"), "explain", "--json"], env=env).stdout)
     assert report["decision"]["backend"] == "legacy" and report["cache"]["entry"]["backend"] == "nft"
     entry.unlink()
-    assert debug_of(shim_call(netns, env, "iptables", "-S"))["backend"] == "legacy"
+    assert debug_line(shim_call(netns, env, "iptables", "-S"))["backend"] == "legacy"
 
 
 def test_entry_rewritten_concurrently_never_misleads(netns, tmp_path):
@@ -173,7 +150,7 @@ def test_entry_rewritten_concurrently_never_misleads(netns, tmp_path):
     netns.ok("iptables-legacy -A FORWARD -s 192.0.2.1 -j DROP")
     cache = tmp_path / "cache"
     env = shim_env(cache, IPTABLES_SHIM_CONTEXT="container", IPTABLES_SHIM_DEBUG="1")
-    key = debug_of(shim_call(netns, env, "iptables", "-S"))["key"]
+    key = debug_line(shim_call(netns, env, "iptables", "-S"))["netns"]
     stop = threading.Event()
 
     def scribble():
@@ -197,7 +174,7 @@ def test_entry_rewritten_concurrently_never_misleads(netns, tmp_path):
         t.join()
     for r in results:
         assert r.returncode == 0, r.stderr
-        assert debug_of(r)["backend"] == "legacy"
+        assert debug_line(r)["backend"] == "legacy"
     assert len(netns.rules("legacy")) == 41 and netns.rules("nft") == []
 
 
@@ -245,7 +222,7 @@ def test_recycled_netns_never_inherit_a_decision(tmp_path, cookie):
 
     cache = tmp_path / "cache"
     env = shim_env(cache, IPTABLES_SHIM_CONTEXT="container", IPTABLES_SHIM_DEBUG="1",
-                   PATH=BIN + ":" + legacy_alias_dir(str(tmp_path / "alias")) + ":" + SYSTEM_PATH)
+                   PATH=BIN + ":" + sbin_dir(str(tmp_path / "alias"), aliases="legacy") + ":" + SYSTEM_PATH)
     wrap = []
     if not cookie:
         script = tmp_path / "no-cookie.py"
@@ -253,12 +230,8 @@ def test_recycled_netns_never_inherit_a_decision(tmp_path, cookie):
         wrap = ["/usr/bin/python3", str(script)]
     rng = random.Random(11)
     inodes, keys = [], []
-    from conftest import Netns
-
     for cycle in range(30):
-        ns = Netns("shimcycle-" + uuid.uuid4().hex[:8])
-        subprocess.run(["ip", "netns", "add", ns.name], check=True)
-        try:
+        with Netns.create("shimcycle-") as ns:
             seeded = rng.choice(("nft", "legacy"))
             ns.ok("iptables-%s -A FORWARD -s 192.0.2.1 -j DROP" % seeded)
             st = os.stat(ns.path)
@@ -271,21 +244,19 @@ def test_recycled_netns_never_inherit_a_decision(tmp_path, cookie):
             for i in (2, 3):
                 r = ns.run(wrap + ["iptables", "-A", "FORWARD", "-s", "192.0.2.%d" % i, "-j", "DROP"], env=env)
                 assert r.returncode == 0, r.stderr
-                d = debug_of(r)
+                d = debug_line(r)
                 assert d["backend"] == seeded, (cycle, d)
                 if not cookie:
-                    assert d["key"] == "None", d
-            keys.append(d["key"])
+                    assert d["netns"] == "None", d
+            keys.append(d["netns"])
             assert len(ns.rules(seeded)) == 3
             assert ns.rules(other) == []
-        finally:
-            subprocess.run(["ip", "netns", "delete", ns.name], check=False)
     # The situation the cookie exists for did happen: an inode came back for a new netns.
     assert len(set(inodes)) < len(inodes), inodes
     if cookie:
         assert len(set(keys)) == len(keys), "a cookie was reused"
     else:
-        assert all(name.startswith("netns-ino-") for name in cache_names(cache))
+        assert all(name.startswith("netns-ino-") for name in cache_files(cache))
     print("netns recycled (%s): %d cycles, %d distinct nsfs inodes, %d distinct keys"
           % ("cookie" if cookie else "no cookie", len(inodes), len(set(inodes)), len(set(keys))))
 
@@ -321,45 +292,28 @@ def test_flushed_then_restored_ruleset_stays_in_its_backend(netns, tmp_path, coo
 def test_memory_without_a_cookie_needs_the_backends_trace(tmp_path):
     """A remembered decision (no cookie) is trusted only while the netns shows that backend's
     tables: a new netns on the same inode, with no table anywhere, gets the alias, not the memory."""
-    from conftest import Netns
-
     script = tmp_path / "no-cookie.py"
     script.write_text(NO_COOKIE)
     wrap = ["/usr/bin/python3", str(script)]
     cache = tmp_path / "cache"
     env = shim_env(cache, IPTABLES_SHIM_CONTEXT="container", IPTABLES_SHIM_DEBUG="1")
-    ns = Netns("shimmem-" + uuid.uuid4().hex[:8])
-    subprocess.run(["ip", "netns", "add", ns.name], check=True)
-    try:
+    with Netns.create("shimmem-") as ns:
         ns.ok("iptables-legacy -A FORWARD -s 192.0.2.1 -j DROP")
         assert ns.run(wrap + ["iptables", "-S"], env=env).returncode == 0  # decided legacy, stored
         st = os.stat(ns.path)
         key = "netns-ino-%d-%d" % (st.st_dev, st.st_ino)
         assert parse_entry((cache / key).read_bytes())[0] == "legacy"
-    finally:
-        subprocess.run(["ip", "netns", "delete", ns.name], check=False)
     # A netns with no table at all, its inode forced to the remembered one by planting the entry
     # under its own key: the memory must not answer (the image's alias, nft, does).
-    fresh = Netns("shimmem-" + uuid.uuid4().hex[:8])
-    subprocess.run(["ip", "netns", "add", fresh.name], check=True)
-    try:
+    with Netns.create("shimmem-") as fresh:
         st = os.stat(fresh.path)
         planted = cache / ("netns-ino-%d-%d" % (st.st_dev, st.st_ino))
         planted.write_bytes(b"legacy 5 legacy holds rules\n")
         os.chmod(str(planted), 0o600)
         r = fresh.run(wrap + ["iptables", "-A", "FORWARD", "-s", "192.0.2.9", "-j", "DROP"], env=env)
         assert r.returncode == 0, r.stderr
-        assert debug_of(r)["backend"] == "nft"
+        assert debug_line(r)["backend"] == "nft"
         assert fresh.rules("legacy") == []
-    finally:
-        subprocess.run(["ip", "netns", "delete", fresh.name], check=False)
-
-
-def cache_names(directory):
-    try:
-        return sorted(os.listdir(str(directory)))
-    except FileNotFoundError:
-        return []
 
 
 # --- the binary vanishing between decision and exec ------------------------------------------------
@@ -368,12 +322,7 @@ def variants_dir(root, broken=None):
     """A PATH directory holding every variant (symlinks to the real multi-call binaries) and
     default aliases that run legacy; `broken` is replaced by an executable that cannot be executed,
     as a binary removed after the shim found it."""
-    legacy_alias_dir(root)
-    for family in ("iptables", "ip6tables"):
-        for backend in ("nft", "legacy"):
-            for suffix in ("", "-save", "-restore"):
-                name = "%s-%s%s" % (family, backend, suffix)
-                os.symlink("/usr/sbin/xtables-%s-multi" % backend, os.path.join(root, name))
+    sbin_dir(root, aliases="legacy", variants=("nft", "legacy"))
     if broken:
         path = os.path.join(root, broken)
         os.unlink(path)
@@ -391,7 +340,7 @@ def test_binary_gone_at_exec_is_a_clear_error_and_writes_nothing(netns, tmp_path
     env = shim_env(tmp_path / "cache", path=BIN + ":" + d + ":" + NO_SBIN, IPTABLES_SHIM_CONTEXT="container")
     before = netns.snapshot()
     r = shim_call(netns, env, "iptables", "-A", "FORWARD", "-s", "192.0.2.2", "-j", "DROP")
-    assert_one_shim_line(r)
+    shim_error_line(r)
     assert "cannot execute %s/iptables-nft" % d in r.stderr.decode()
     assert netns.snapshot() == before
 
@@ -430,7 +379,7 @@ def test_binary_removed_and_restored_while_calls_run(netns, tmp_path):
             ok += 1
             assert rule in rules
         else:
-            assert_one_shim_line(r)
+            shim_error_line(r)
             assert rule not in rules
     assert len(rules) == ok + 1
     print("binary flapping: %d of %d calls ran, %d stopped with one line" % (ok, len(results), len(results) - ok))
@@ -512,26 +461,26 @@ def test_refused_probe_answers_right_or_stops(netns, tmp_path, refusal, seeded, 
     netns.ok("iptables-%s -A FORWARD -s 192.0.2.1 -j DROP" % seeded)
     path = BIN + ":" + SYSTEM_PATH
     if alias == "legacy":
-        path = BIN + ":" + legacy_alias_dir(str(tmp_path / "alias")) + ":" + SYSTEM_PATH
+        path = BIN + ":" + sbin_dir(str(tmp_path / "alias"), aliases="legacy") + ":" + SYSTEM_PATH
     env = shim_env(tmp_path / "cache", path=path, IPTABLES_SHIM_CONTEXT="container", IPTABLES_SHIM_DEBUG="1")
     wrap = REFUSALS[refusal](tmp_path)
     before = netns.snapshot()
     r = netns.run(wrap + ["iptables", "-A", "FORWARD", "-s", "192.0.2.2", "-j", "DROP"], env=env)
     err = r.stderr.decode("utf-8", "replace")
-    m = DEBUG.search(err)
-    if m and "(step 0: " in err:
+    debug = debug_lines(err)
+    if debug and debug[0]["step"] == 0:
         # No CAP_NET_ADMIN: the shim runs the alias as a direct call would; the kernel refuses it.
-        assert m.group(2) == alias and r.returncode != 0, err
+        assert debug[0]["backend"] == alias and r.returncode != 0, err
         assert netns.snapshot() == before
-    elif m:
+    elif debug:
         # The probe (or its fallback) answered: it must have answered right.
-        assert m.group(2) == seeded, err
+        assert debug[0]["backend"] == seeded, err
         if r.returncode == 0:
             assert netns.rules(seeded) == ["-A FORWARD -s 192.0.2.%d/32 -j DROP" % i for i in (1, 2)]
         else:
             assert netns.snapshot() == before  # the real binary itself was refused
     else:
-        assert_one_shim_line(r)
+        shim_error_line(r)
         assert "could not read" in err and "IPTABLES_SHIM_MODE" in err
         assert netns.snapshot() == before
     other = "legacy" if seeded == "nft" else "nft"
@@ -564,7 +513,7 @@ def test_host_context_is_unaffected_by_a_refused_probe(netns, tmp_path):
     wrap = REFUSALS["seccomp: no inet sockets"](tmp_path)
     r = netns.run(wrap + ["iptables", "-A", "FORWARD", "-s", "192.0.2.2", "-j", "DROP"], env=env)
     assert r.returncode == 0, r.stderr
-    assert debug_of(r)["backend"] == "nft"
+    assert debug_line(r)["backend"] == "nft"
     assert netns.rules("nft") == ["-A FORWARD -s 192.0.2.2/32 -j DROP"]
 
 

@@ -22,15 +22,16 @@ import threading
 
 import pytest
 
-from conftest import BIN, REPO, SYSTEM_PATH, shim_env
-from fakes import VARIANT_NAMES, cache_files, call, netns_key
+from conftest import BIN, REPO, SYSTEM_PATH, cache_files, shim_env
+from namespaces import Netns, call
+from shim.tools import SHIM_NAMES, all_variant_names
+from shim_output import shim_error_line
 from shim.cache import parse_entry
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: namespaces, rules, chown")
 
 CONTAINER = {"IPTABLES_SHIM_CONTEXT": "container"}
-ALL_NAMES = VARIANT_NAMES + ["iptables", "iptables-save", "iptables-restore", "ip6tables",
-                             "ip6tables-save", "ip6tables-restore"]
+ALL_NAMES = all_variant_names() + sorted(SHIM_NAMES)
 MAX_ARG_STRLEN = 32 * 4096  # include/uapi/linux/binfmts.h: one argv or envp string, NUL included
 
 
@@ -97,8 +98,7 @@ def test_only_world_writable_copies_is_a_clear_error(netns, tmp_path):
     world = evil_dir(tmp_path / "world", marker, mode=0o777)
     env = shim_env(tmp_path / "cache", path=BIN + ":" + world + ":/usr/bin:/bin", **CONTAINER)
     proc, _ = call(netns, ["iptables", "-S"], env)
-    assert proc.returncode == 127 and proc.stderr.startswith(b"iptables-shim: ")
-    assert proc.stderr.count(b"\n") == 1 and proc.stdout == b""
+    shim_error_line(proc)
     assert not marker.exists()
 
 
@@ -115,9 +115,7 @@ def test_no_usable_path_at_all_is_a_clear_error(netns, tmp_path, path):
     else:
         env["PATH"] = path
     proc, _ = call(netns, [os.path.join(BIN, "iptables"), "-S"], env, cwd=cwd)
-    assert proc.returncode == 127 and proc.stdout == b"", proc.stderr
-    assert proc.stderr.count(b"\n") == 1 and proc.stderr.startswith(b"iptables-shim: ")
-    assert b"PATH" in proc.stderr
+    assert "PATH" in shim_error_line(proc)
     assert not marker.exists()
 
 
@@ -157,7 +155,7 @@ def test_fifo_or_device_as_entry_never_blocks(netns, cache_dir, tmp_path):
     """An entry that is a FIFO (opening it for reading would block) or a character device: the
     shim neither hangs nor trusts it, and the call lands right."""
     netns.ok("iptables-legacy -A FORWARD -s 192.0.2.1 -j DROP")
-    key = netns_key(netns)
+    key = netns.cache_key()
     os.mkdir(str(cache_dir), 0o700)
     env = shim_env(cache_dir, **CONTAINER)
     for kind in ("fifo", "chardev"):
@@ -181,7 +179,7 @@ def test_entry_swapped_by_an_attacker_while_calls_run(netns, cache_dir, tmp_path
     backend, and a hard link to one, while 40 calls run: every call lands in the right backend,
     nothing planted runs, nothing the symlinks point to is written."""
     netns.ok("iptables-legacy -A FORWARD -s 192.0.2.1 -j DROP")
-    key = netns_key(netns)
+    key = netns.cache_key()
     os.mkdir(str(cache_dir), 0o700)
     marker = tmp_path / "planted-ran"
     evil = tmp_path / "evil"
@@ -343,7 +341,8 @@ def test_argv_at_the_total_limit(netns, cache_dir):
     assert direct_max > MAX_ARG_STRLEN // 2 and lost < 200, (direct_max, shim_max)
     at = total_limit_call(netns, b"iptables", env, shim_max)
     if at.returncode == 127:  # the shim's own execv was refused: one clear line, nothing ran
-        assert at.stderr.startswith(b"iptables-shim: cannot execute") and b"too long" in at.stderr
+        line = shim_error_line(at)
+        assert line.startswith("iptables-shim: cannot execute") and "too long" in line, line
     else:
         assert at.returncode == 2 and b"z" * shim_max + b"'" in at.stderr, at.stderr[:200]
     assert total_limit_call(netns, b"iptables", env, shim_max + 1) is None
@@ -358,11 +357,7 @@ def test_binary_garbage_on_stdin_to_restore(netns, cache_dir, name, direct):
     """Random bytes (NULs, invalid UTF-8, very long lines) and garbage after a valid header, fed to
     the real binary directly in one fresh netns and through the shim in another: the same stdout,
     stderr and exit code, and the same kernel state afterwards (whatever the binary made of it)."""
-    from conftest import Netns
-
-    twin = Netns("shimtwin-" + os.urandom(5).hex())
-    subprocess.run(["ip", "netns", "add", twin.name], check=True)
-    try:
+    with Netns.create("shimtwin-") as twin:
         env = shim_env(cache_dir, **CONTAINER)
         rng = random.Random(1234)
         inputs = [bytes(rng.randrange(256) for _ in range(65536)),
@@ -375,6 +370,4 @@ def test_binary_garbage_on_stdin_to_restore(netns, cache_dir, name, direct):
             s, _ = call(twin, [name], env, input=data)
             assert (s.returncode, s.stdout, s.stderr) == (d.returncode, d.stdout, d.stderr), data[:40]
             assert twin.snapshot() == netns.snapshot()
-        assert netns.ok("cat /proc/net/ip_tables_names /proc/net/ip6_tables_names 2>/dev/null || true") == ""
-    finally:
-        subprocess.run(["ip", "netns", "delete", twin.name], check=False)
+        assert netns.legacy_tables() == []

@@ -4,7 +4,6 @@ Measured with `python -X importtime` on a real call: the figures belong to bench
 modules a hit loads is behaviour, and a stray import on the hot path is paid on every call."""
 
 import os
-import subprocess
 
 from conftest import BIN, shim_env
 

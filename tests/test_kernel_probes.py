@@ -5,30 +5,22 @@ and where the kernel refuses them the `*-save` probe answers and `explain` says 
 conclude from each kind of reply, without a kernel: tests/unit/test_nft_kernel.py and
 tests/unit/test_legacy_kernel.py.
 
-The container here is tests/rootfs.py's Image: a root filesystem with only the binaries we give it,
+The container here is tests/rootfs.py's ChrootContainer: a root filesystem with only the binaries we give it,
 entered with its own mount and PID namespaces and chroot, in the test's netns.
 """
 
 import json
 import os
-import subprocess
 
 import pytest
 
-from conftest import BIN, REPO, shim_env
-from rootfs import ADDR4, MARK, WRITE4, WRITE6, landed, make_image  # noqa: F401
+from conftest import BIN, shim_env
+from rootfs import ADDR4, MARK, WRITE4, WRITE6, landed
+from shim_output import shim_error_line
 
 NFT_RULE = "iptables-nft -A FORWARD -s 192.0.2.1 -j DROP"
 LEGACY_RULE = "iptables-legacy -A FORWARD -s 192.0.2.1 -j DROP"
 RESTORE4 = ("*filter\n-A INPUT -s %s -m comment --comment %s -j ACCEPT\nCOMMIT\n" % (ADDR4, MARK)).encode()
-
-
-def in_netns(netns, code):
-    """Run Python code with the shim importable inside the netns; its stdout parsed as JSON."""
-    prelude = "import json, sys\nsys.path.insert(0, %r)\n" % REPO
-    r = netns.run(["/usr/bin/python3", "-I", "-S", "-c", prelude + code])
-    assert r.returncode == 0, r.stderr.decode()
-    return json.loads(r.stdout.decode())
 
 
 PROBES = ("from shim.facts import nft_kernel, legacy_kernel\n"
@@ -54,36 +46,34 @@ CALLS = [("iptables -A", WRITE4, None), ("ip6tables -A", WRITE6, None),
 
 @pytest.mark.parametrize("call,argv,stdin", CALLS, ids=[c[0] for c in CALLS])
 @pytest.mark.parametrize("case,backends,setup,holder", REFUSALS, ids=[r[0] for r in REFUSALS])
-def test_rules_in_a_backend_the_image_cannot_run_are_refused(netns, make_image, case, backends, setup, holder,
+def test_rules_in_a_backend_the_image_cannot_run_are_refused(netns, make_chroot, case, backends, setup, holder,
                                                              call, argv, stdin):
     """The image's own alias and binaries are the other backend's, and the image has no
     `*-save` of the backend holding the rules (a save probe would find nothing and write into the
     other backend: Istio #49279). The kernel probe sees the rules; the shim refuses with one
     `iptables-shim:` line, exit 127, and nothing is written into either backend."""
-    image = make_image(backends, backends[0])
-    assert not any(n.startswith(("iptables-" + holder, "ip6tables-" + holder)) for n in image.sbin())
+    container = make_chroot(backends, backends[0])
+    assert not any(n.startswith(("iptables-" + holder, "ip6tables-" + holder)) for n in container.sbin())
     netns.ok(setup)
     before = netns.snapshot()
-    r = image.run(argv, netns=netns, input=stdin)
-    err = r.stderr.decode()
-    assert r.returncode == 127, (r.returncode, err)
-    assert r.stdout == b""
-    assert len(err.splitlines()) == 1 and err.startswith("iptables-shim: chose %s" % holder), err
+    r = container.run(argv, netns=netns, input=stdin)
+    err = shim_error_line(r)
+    assert err.startswith("iptables-shim: chose %s" % holder), err
     assert "%s-%s" % (argv[0].split("-")[0], holder) in err and "not on PATH" in err, err
     assert netns.snapshot() == before  # no legacy table created, nft ruleset unchanged
     assert landed(netns) == {"nft": [], "legacy": []}
     # explain, inside the same image, says where the facts came from: the kernel, not a binary.
-    report = image.explain(netns=netns)
+    report = container.explain(netns=netns)
     state = report["backends"][holder]
     assert state["source"].startswith("kernel") and (state["rules"] or state["hint"]), state
     assert report["decision"]["backend"] == holder and report["runs"].startswith("error: "), report
 
 
-def test_same_image_writes_where_the_rules_are_when_it_can(netns, make_image):
+def test_same_image_writes_where_the_rules_are_when_it_can(netns, make_chroot):
     """Control for the refusals: an image with both backends follows the nft rules (no refusal)."""
-    image = make_image(("nft", "legacy"), "legacy")
+    container = make_chroot(("nft", "legacy"), "legacy")
     netns.ok(NFT_RULE)
-    r = image.run(WRITE4, netns=netns)
+    r = container.run(WRITE4, netns=netns)
     assert r.returncode == 0, r.stderr
     assert [len(v) for v in (landed(netns)["nft"], landed(netns)["legacy"])] == [1, 0]
 
@@ -98,7 +88,7 @@ def test_rule_in_an_incompatible_base_chain_of_an_xtables_table_counts(netns):
              " nft add rule ip mangle bar ip saddr 192.0.2.9 counter drop")
     save = netns.save("nft")
     assert "incompatible" in save and "-A " not in save, save
-    assert in_netns(netns, PROBES) == {"nft": [True, False], "legacy": [False, False]}
+    assert netns.python(PROBES) == {"nft": [True, False], "legacy": [False, False]}
 
 
 def test_rule_iptables_nft_save_cannot_translate_counts(netns):
@@ -106,11 +96,11 @@ def test_rule_iptables_nft_save_cannot_translate_counts(netns):
     open: None); the kernel probe answers."""
     netns.ok("nft add table ip6 nat; nft add chain ip6 nat foo; nft add rule ip6 nat foo meta mark set 3 counter")
     assert netns.run(["ip6tables-nft-save"]).returncode != 0
-    reference = in_netns(netns, "from shim.facts import rules\n"
+    reference = netns.python("from shim.facts import rules\n"
                                 "s = rules.save_probe('nft', {'iptables': '/usr/sbin/iptables-nft-save', "
                                 "'ip6tables': '/usr/sbin/ip6tables-nft-save'})\nprint(json.dumps(s.as_dict()))\n")
     assert reference["rules"] is None and "unread" in reference["source"], reference
-    assert in_netns(netns, PROBES)["nft"] == [True, False]
+    assert netns.python(PROBES)["nft"] == [True, False]
 
 
 @pytest.mark.parametrize("setup", [
@@ -122,19 +112,18 @@ def test_rule_iptables_nft_save_cannot_translate_counts(netns):
 ], ids=["inet firewalld", "ip kube-proxy", "arp filter", "inet mangle hint", "hint outside mangle"])
 def test_native_nft_tables_are_not_iptables_rules(netns, setup):
     netns.ok(setup)
-    assert in_netns(netns, PROBES) == {"nft": [False, False], "legacy": [False, False]}
+    assert netns.python(PROBES) == {"nft": [False, False], "legacy": [False, False]}
 
 
 # --- cost: the same system calls and a bounded amount read, at 1 rule and at 10,000 ---
 
 def probe_syscalls(netns, tmp_path, label):
     trace = tmp_path / ("trace-" + label)
-    r = netns.run(["/usr/bin/strace", "-f", "-qq", "-e", "trace=socket,sendto,recvfrom,recvmsg,getsockopt",
-                   "-o", str(trace), "/usr/bin/python3", "-I", "-S", "-c",
-                   "import sys; sys.path.insert(0, %r)\nfrom shim.facts import nft_kernel, legacy_kernel\n"
-                   "print(nft_kernel.probe(), legacy_kernel.probe())" % REPO])
-    assert r.returncode == 0, r.stderr.decode()
-    assert r.stdout.decode().strip() == "(True, False) (True, False)"
+    strace = ["/usr/bin/strace", "-f", "-qq", "-e", "trace=socket,sendto,recvfrom,recvmsg,getsockopt",
+              "-o", str(trace)]
+    printed = netns.python("from shim.facts import nft_kernel, legacy_kernel\n"
+                           "print(json.dumps([nft_kernel.probe(), legacy_kernel.probe()]))", wrap=strace)
+    assert printed == [[True, False], [True, False]]
     calls, received = [], 0
     for line in trace.read_text().splitlines():
         call = line.split(None, 1)[1]
@@ -163,14 +152,12 @@ def test_probe_cost_does_not_grow_with_the_ruleset(netns, tmp_path):
 
 
 def traced_legacy_probe(netns, tmp_path, syscalls):
-    """(what legacy_kernel.probe() printed, the strace log of `syscalls` it made) in the netns."""
+    """(what legacy_kernel.probe() answered, the strace log of `syscalls` it made) in the netns."""
     trace = tmp_path / "trace"
-    r = netns.run(["/usr/bin/strace", "-f", "-qq", "-e", "trace=" + syscalls, "-o", str(trace),
-                   "/usr/bin/python3", "-I", "-S", "-c",
-                   "import sys; sys.path.insert(0, %r)\nfrom shim.facts import legacy_kernel\n"
-                   "print(legacy_kernel.probe())" % REPO])
-    assert r.returncode == 0, r.stderr.decode()
-    return r.stdout.decode().strip(), trace.read_text()
+    strace = ["/usr/bin/strace", "-f", "-qq", "-e", "trace=" + syscalls, "-o", str(trace)]
+    answer = netns.python("from shim.facts import legacy_kernel\nprint(json.dumps(legacy_kernel.probe()))",
+                          wrap=strace)
+    return answer, trace.read_text()
 
 
 def legacy_getsockopts(netns, tmp_path):
@@ -185,7 +172,7 @@ def test_legacy_rules_in_user_chains_only_show_in_the_table_figures(netns, tmp_p
     rules = "".join("-A U%d -s 10.0.%d.%d -j ACCEPT\n" % (i % 20, i // 250, i % 250) for i in range(2000))
     r = netns.run(["iptables-legacy-restore"], input=("*nat\n%s%sCOMMIT\n" % (chains, rules)).encode())
     assert r.returncode == 0, r.stderr
-    assert legacy_getsockopts(netns, tmp_path) == ("(True, False)", ["IPT_SO_GET_INFO"])
+    assert legacy_getsockopts(netns, tmp_path) == ([True, False], ["IPT_SO_GET_INFO"])
 
 
 def test_legacy_table_whose_figures_fit_no_rules_is_read(netns, tmp_path):
@@ -193,14 +180,14 @@ def test_legacy_table_whose_figures_fit_no_rules_is_read(netns, tmp_path):
     figures fit "two more empty chains", so the entries are read, and they show the rules."""
     netns.ok("iptables-legacy -N U; for i in 1 2 3; do iptables-legacy -A U -j ACCEPT; done; "
              "iptables-legacy -A U -p tcp --dport 80 -j ACCEPT")
-    assert legacy_getsockopts(netns, tmp_path) == ("(True, False)", ["IPT_SO_GET_INFO", "IPT_SO_GET_ENTRIES"])
+    assert legacy_getsockopts(netns, tmp_path) == ([True, False], ["IPT_SO_GET_INFO", "IPT_SO_GET_ENTRIES"])
     netns.ok("iptables-legacy -F U")
-    assert legacy_getsockopts(netns, tmp_path) == ("(False, False)", ["IPT_SO_GET_INFO", "IPT_SO_GET_ENTRIES"])
+    assert legacy_getsockopts(netns, tmp_path) == ([False, False], ["IPT_SO_GET_INFO", "IPT_SO_GET_ENTRIES"])
 
 
 def test_no_legacy_table_means_no_socket_at_all(netns, tmp_path):
     printed, trace = traced_legacy_probe(netns, tmp_path, "socket,getsockopt")
-    assert printed == "(False, False)"
+    assert printed == [False, False]
     assert "SOCK_RAW" not in trace and "getsockopt" not in trace
 
 
@@ -232,7 +219,7 @@ def test_nf_tables_not_loaded_is_answered_without_asking_and_unknown_falls_back(
     code += ("try:\n    nft_kernel.probe(%r, %r, %r)\nexcept Unavailable as e:\n    out.append(str(e))\n" % unknown)
     code += "print(json.dumps(out))\n"
     # The fake roots say "a module, not loaded": the probe trusts them and opens no socket.
-    assert in_netns(netns, code) == [[False, False], "cannot tell whether nf_tables is loaded; asking could load it"]
+    assert netns.python(code) == [[False, False], "cannot tell whether nf_tables is loaded; asking could load it"]
 
 
 # --- refused kernel probes: the save probe answers, explain says so ---
@@ -248,7 +235,7 @@ def test_refused_kernel_probe_falls_back_to_save_probe(netns):
         "    out[b] = rules.backend_state(b, paths, kernel_probe=(refused, 'kernel')).as_dict()\n"
         "    out[b + '-kernel'] = rules.backend_state(b, paths).as_dict()\n"
         "print(json.dumps(out))\n")
-    out = in_netns(netns, code)
+    out = netns.python(code)
     fallback = "save; kernel probe unavailable: netlink socket refused: Operation not permitted"
     assert out["nft"] == {"rules": True, "hint": False, "source": fallback}
     assert out["legacy"] == {"rules": True, "hint": True, "source": fallback}
@@ -286,7 +273,7 @@ def test_without_ctypes_the_legacy_probe_falls_back_to_save(netns):
             "from shim.facts import rules\n"
             "paths = {f: '/usr/sbin/%s-legacy-save' % f for f in ('iptables', 'ip6tables')}\n"
             "print(json.dumps(rules.backend_state('legacy', paths).as_dict()))\n")
-    assert in_netns(netns, code) == {
+    assert netns.python(code) == {
         "rules": True, "hint": False,
         "source": "save; kernel probe unavailable: no ctypes to call getsockopt with a table name"}
 
@@ -303,7 +290,7 @@ def test_per_family_probes(netns):
     code = ("from shim.facts import nft_kernel, legacy_kernel\n"
             "print(json.dumps({b: [{f: s.as_dict() for f, s in m.probe_families().items()}, m.probe()]\n"
             "                  for b, m in (('nft', nft_kernel), ('legacy', legacy_kernel))}))\n")
-    out = in_netns(netns, code)
+    out = netns.python(code)
     assert out["nft"] == [{"iptables": {"tables": ["filter"], "rules": True, "hint": False},
                            "ip6tables": {"tables": ["mangle"], "rules": False, "hint": True}}, [True, True]]
     assert out["legacy"] == [{"iptables": {"tables": ["mangle", "nat"], "rules": False, "hint": True},
@@ -320,7 +307,7 @@ def test_per_family_probe_reads_every_family_past_a_long_dump(netns):
     netns.ok("ip6tables-nft -t raw -A PREROUTING -j ACCEPT")
     code = ("from shim.facts import nft_kernel\n"
             "print(json.dumps({f: s.as_dict() for f, s in nft_kernel.probe_families().items()}))\n")
-    assert in_netns(netns, code) == {"iptables": {"tables": ["filter"], "rules": True, "hint": False},
+    assert netns.python(code) == {"iptables": {"tables": ["filter"], "rules": True, "hint": False},
                                      "ip6tables": {"tables": ["raw"], "rules": True, "hint": False}}
 
 
@@ -333,10 +320,7 @@ def test_unreadable_legacy_table_list_is_unknown_not_empty(netns):
     EACCES. That must leave the fact open (SPEC "Facts"), never read as "no legacy tables": the
     shim would then write into nft while legacy holds rules."""
     netns.ok(LEGACY_RULE)
-    code = ("import json, sys\nsys.path.insert(0, %r)\n"
-            "from shim.facts import legacy_kernel\nfrom shim.facts.xtables import Unavailable\n"
+    code = ("from shim.facts import legacy_kernel\nfrom shim.facts.xtables import Unavailable\n"
             "try:\n    print(json.dumps(legacy_kernel.probe()))\n"
-            "except Unavailable as e:\n    print(json.dumps(str(e)))\n" % REPO)
-    r = netns.run(CAP_NET_ADMIN_ONLY + ["/usr/bin/python3", "-I", "-S", "-c", code])
-    assert r.returncode == 0, r.stderr.decode()
-    assert json.loads(r.stdout.decode()) == "cannot read /proc/net/ip_tables_names: Permission denied"
+            "except Unavailable as e:\n    print(json.dumps(str(e)))\n")
+    assert netns.python(code, wrap=CAP_NET_ADMIN_ONLY) == "cannot read /proc/net/ip_tables_names: Permission denied"

@@ -15,85 +15,25 @@ Decisions made with no rules are not cached, so nothing stale can be replayed ei
 
 import concurrent.futures
 import os
-import re
-import subprocess
 import threading
-import uuid
 
 import pytest
 
 from conftest import BIN, SYSTEM_PATH, shim_env
+from rootfs import sbin_dir
 from shim.cache import parse_entry
+from shim_output import debug_line
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates network namespaces and rules")
-
-DEBUG_LINE = re.compile(
-    r"^iptables-shim: (\S+) -> (\S+): (nft|legacy) \(step (\d+): .*; netns (\S+)\)$", re.M
-)
 
 NETNS_COUNT = 20
 CALLS = 500
 
 
-def make_alias_dir(root, backend, with_alias=True):
-    """A PATH directory whose default aliases (`iptables`, ...) run `backend`, as a container image
-    would ship them. Without the alias: only the variant names, of both backends."""
-    os.makedirs(root, exist_ok=True)
-    for family in ("iptables", "ip6tables"):
-        for suffix in ("", "-save", "-restore"):
-            if with_alias:
-                os.symlink("/usr/sbin/xtables-%s-multi" % backend, os.path.join(root, family + suffix))
-            else:
-                for b in ("nft", "legacy"):
-                    os.symlink("/usr/sbin/xtables-%s-multi" % b,
-                               os.path.join(root, "%s-%s%s" % (family, b, suffix)))
-    return root
-
-
-class Ns(object):
-    def __init__(self, name):
-        self.name = name
-        self.path = "/run/netns/" + name
-
-    def sh(self, script):
-        r = subprocess.run(["nsenter", "--net=" + self.path, "/bin/sh", "-c", script],
-                           env={"PATH": SYSTEM_PATH, "LC_ALL": "C"}, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, timeout=120)
-        assert r.returncode == 0, (script, r.stderr)
-        return r.stdout.decode()
-
-    def legacy_tables(self):
-        return self.sh("cat /proc/net/ip_tables_names /proc/net/ip6_tables_names 2>/dev/null || true").split()
-
-    def rules(self, backend, family):
-        if backend == "legacy" and not self.legacy_tables():
-            return []  # reading legacy would create the table we are checking is absent
-        out = self.sh("%s-%s-save" % (family, backend))
-        return [l for l in out.splitlines() if l.startswith("-A ")]
-
-
-@pytest.fixture
-def many_netns():
-    made = []
-
-    def make(count):
-        for _ in range(count):
-            ns = Ns("shimload-" + uuid.uuid4().hex[:10])
-            subprocess.run(["ip", "netns", "add", ns.name], check=True)
-            made.append(ns)
-        return list(made)
-
-    try:
-        yield make
-    finally:
-        for ns in made:
-            subprocess.run(["ip", "netns", "delete", ns.name], check=False)
-
-
 def kinds(tmp_path):
     """(label, seed (backend, family) or None, context, PATH, expected backend). Seeds use the real variants directly."""
-    legacy_alias = make_alias_dir(str(tmp_path / "alias-legacy"), "legacy")
-    no_alias = make_alias_dir(str(tmp_path / "no-alias"), None, with_alias=False)
+    legacy_alias = sbin_dir(str(tmp_path / "alias-legacy"), aliases="legacy")
+    no_alias = sbin_dir(str(tmp_path / "no-alias"), variants=("nft", "legacy"))
     system = BIN + ":" + SYSTEM_PATH
     legacy_path = BIN + ":" + legacy_alias + ":" + SYSTEM_PATH
     return [
@@ -132,8 +72,7 @@ def run_calls(calls):
     def one(call):
         ns, argv, stdin, env = call
         barrier.wait()
-        return subprocess.run(["/usr/bin/nsenter", "--net=" + ns.path] + argv, env=env, input=stdin,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=300)
+        return ns.run(argv, env=env, input=stdin, timeout=300)
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=len(calls)) as pool:
         return list(pool.map(one, calls))
@@ -141,14 +80,14 @@ def run_calls(calls):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("cache_mode", ["per-netns", "shared", "off"])
-def test_500_concurrent_calls_over_20_fresh_netns(tmp_path, many_netns, cache_mode):
+def test_500_concurrent_calls_over_20_fresh_netns(tmp_path, make_netns, cache_mode):
     table = kinds(tmp_path)
-    spaces = many_netns(NETNS_COUNT)
+    spaces = [make_netns("shimload-") for _ in range(NETNS_COUNT)]
     plan = []  # (ns, label, context, PATH, expected, cache dir or None)
     for n, ns in enumerate(spaces):
         label, seed, context, path, expected = table[n % len(table)]
         if seed:
-            ns.sh("%s-%s -A FORWARD -s %s -j DROP" % (seed[1], seed[0],
+            ns.ok("%s-%s -A FORWARD -s %s -j DROP" % (seed[1], seed[0],
                                                        "192.0.2.9" if seed[1] == "iptables" else "2001:db8::9"))
         if cache_mode == "off":
             cdir = None
@@ -190,12 +129,11 @@ def test_500_concurrent_calls_over_20_fresh_netns(tmp_path, many_netns, cache_mo
     for (n, argv, writes), r in zip(meta, results):
         err = r.stderr.decode("utf-8", "replace")
         assert r.returncode == 0, (plan[n][1], argv, err)
-        m = DEBUG_LINE.search(err)
-        assert m, (argv, err)
-        seen[n].add(m.group(3))
-        keys[n].add(m.group(5))
+        debug = debug_line(r)
+        seen[n].add(debug["backend"])
+        keys[n].add(debug["netns"])
         if cache_mode == "off":
-            assert m.group(5) == "None" and "cache hit" not in err and "cached in" not in err
+            assert debug["netns"] == "None" and "cache hit" not in err and "cached in" not in err
         if writes:
             written[n][writes] += 1
 
@@ -228,7 +166,7 @@ def test_500_concurrent_calls_over_20_fresh_netns(tmp_path, many_netns, cache_mo
     expected_by_key = {}
     for n, (p, r) in enumerate(zip(plan, finals)):
         (key,) = keys[n]
-        step = int(DEBUG_LINE.search(r.stderr.decode("utf-8", "replace")).group(4))
+        step = debug_line(r)["step"]
         expected_by_key[key] = (p[4] if step in (3, 4, 5) else None, p[5])  # (backend or None, dir)
     dirs = {p[5] for p in plan}
     entries = {}
@@ -257,12 +195,12 @@ def concurrent_appends(ns, env, count):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["nft", "legacy"])
-def test_n_concurrent_appends_lose_nothing(tmp_path, many_netns, backend):
-    (ns,) = many_netns(1)
+def test_n_concurrent_appends_lose_nothing(tmp_path, make_netns, backend):
+    ns = make_netns("shimload-")
     # Container context with no rules: the image's alias decides, and the first rules then ground it.
     path = BIN + ":" + SYSTEM_PATH
     if backend == "legacy":
-        path = BIN + ":" + make_alias_dir(str(tmp_path / "alias"), "legacy") + ":" + SYSTEM_PATH
+        path = BIN + ":" + sbin_dir(str(tmp_path / "alias"), aliases="legacy") + ":" + SYSTEM_PATH
     env = shim_env(str(tmp_path / "cache"), path=path, IPTABLES_SHIM_CONTEXT="container")
     n = 150
     results = concurrent_appends(ns, env, n)
@@ -276,23 +214,18 @@ def test_n_concurrent_appends_lose_nothing(tmp_path, many_netns, backend):
         assert ns.legacy_tables() == []
 
 
-def split_alias_dir(root):
-    """An image whose alternatives disagree between families (`update-alternatives --set iptables
-    ...-legacy` run, ip6tables forgotten): iptables* run legacy, ip6tables* run nft."""
-    os.makedirs(root, exist_ok=True)
-    for family, backend in (("iptables", "legacy"), ("ip6tables", "nft")):
-        for suffix in ("", "-save", "-restore"):
-            os.symlink("/usr/sbin/xtables-%s-multi" % backend, os.path.join(root, family + suffix))
-    return root
+# An image whose alternatives disagree between families (`update-alternatives --set iptables
+# ...-legacy` run, ip6tables forgotten): iptables* run legacy, ip6tables* run nft.
+SPLIT_ALTERNATIVES = {"iptables": "legacy", "ip6tables": "nft"}
 
 
 @pytest.mark.parametrize("context", ["container", "host"])
-def test_first_calls_of_both_families_agree_when_the_aliases_disagree(tmp_path, many_netns, context):
+def test_first_calls_of_both_families_agree_when_the_aliases_disagree(tmp_path, make_netns, context):
     """One decision per netns for both families: with the image's iptables and ip6tables aliases
     naming different backends, concurrent first calls of iptables and ip6tables in an empty netns
     must still all land in one backend (the iptables alias's), cached or not."""
-    spaces = many_netns(4)
-    path = BIN + ":" + split_alias_dir(str(tmp_path / "split")) + ":" + SYSTEM_PATH
+    spaces = [make_netns("shimload-") for _ in range(4)]
+    path = BIN + ":" + sbin_dir(str(tmp_path / "split"), aliases=SPLIT_ALTERNATIVES) + ":" + SYSTEM_PATH
     calls = []
     for n, ns in enumerate(spaces):
         cache = {"IPTABLES_SHIM_CACHE": "off"} if n % 2 else {}

@@ -8,7 +8,8 @@ import shutil
 import pytest
 
 from conftest import BIN, REPO, SYSTEM_PATH, shim_env
-from fakes import call
+from namespaces import call
+from shim_output import shim_error_line
 
 CONTAINER = {"IPTABLES_SHIM_CONTEXT": "container"}  # decide from the rules: legacy here
 
@@ -83,8 +84,7 @@ def test_path_layout_runs_the_real_binary_or_stops_within_a_second(netns, cache_
         # the only alias is a wrapper, the nft variant (step 7); never a loop, never nothing.
         assert holders(netns, "192.0.2.1") == (["legacy"] if rules == "legacy-rules" else ["nft"])
     else:
-        assert proc.returncode == 127 and proc.stdout == b"", err
-        assert err.startswith("iptables-shim: ") and err.count("\n") == 1, err
+        shim_error_line(proc)
         assert holders(netns, "192.0.2.1") == []
         if name == "only-an-nft-named-wrapper-after" and rules == "empty-netns":
             # The one layout where the shim executes the alias (nft, like the decision) and the

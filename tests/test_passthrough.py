@@ -7,8 +7,10 @@ import time
 
 import pytest
 
-from conftest import BIN, SHIM_NAMES, SYSTEM_PATH, shim_env
-from fakes import NSENTER, VARIANT_NAMES, call, log_lines, recorded_argv, recording_dir
+from conftest import BIN, SYSTEM_PATH, shim_env
+from fakes import fake_argv, fake_runs, recording_fakes
+from namespaces import NSENTER, call
+from shim.tools import SHIM_NAMES, all_variant_names
 
 CONTAINER = {"IPTABLES_SHIM_CONTEXT": "container"}
 
@@ -33,15 +35,15 @@ def seed(netns, backend):
 
 @pytest.mark.parametrize("name", sorted(SHIM_NAMES))
 def test_awkward_argv_arrives_byte_exact(netns, cache_dir, tmp_path, name):
-    fake = recording_dir(tmp_path / "fake", VARIANT_NAMES)
+    fake = recording_fakes(tmp_path / "fake", all_variant_names())
     argv_file, log = tmp_path / "argv", tmp_path / "log"
     env = shim_env(cache_dir, path=BIN + ":" + fake + ":" + SYSTEM_PATH, FAKE_ARGV=str(argv_file),
                    FAKE_LOG=str(log), FAKE_NO_EXEC="1")
     proc, _ = call(netns, [name.encode()] + AWKWARD_ARGV, env)
     assert proc.returncode == 0, proc.stderr
-    assert recorded_argv(argv_file) == AWKWARD_ARGV
+    assert fake_argv(argv_file) == AWKWARD_ARGV
     family, _, tool = name.partition("-")
-    *probes, run = log_lines(log)  # probes first (each `*-save` with no argument), then the exec
+    *probes, run = fake_runs(log)  # probes first (each `*-save` with no argument), then the exec
     assert run == {"pid": run["pid"], "name": "%s-nft%s" % (family, "-" + tool if tool else ""),
                    "argc": str(len(AWKWARD_ARGV))}
     assert all(p["name"].endswith("-save") and p["argc"] == "0" for p in probes), probes
@@ -131,14 +133,14 @@ def test_stdout_stderr_and_exit_code_equal_a_direct_call(netns, cache_dir, backe
 
 def test_real_binary_runs_in_the_shells_pid(netns, cache_dir, tmp_path):
     """`exec iptables` from a shell: the PID the shell had is the PID the real binary has."""
-    fake = recording_dir(tmp_path / "fake", VARIANT_NAMES)
+    fake = recording_fakes(tmp_path / "fake", all_variant_names())
     log = tmp_path / "log"
     env = shim_env(cache_dir, path=BIN + ":" + fake + ":" + SYSTEM_PATH, FAKE_LOG=str(log))
     proc, _ = call(netns, ["/bin/sh", "-c", "echo $$; exec iptables -S"], env)
     assert proc.returncode == 0, proc.stderr
     shell_pid, listing = proc.stdout.decode().split("\n", 1)
     assert "-P INPUT ACCEPT" in listing
-    *probes, run = log_lines(log)
+    *probes, run = fake_runs(log)
     assert run == {"pid": shell_pid, "name": "iptables-nft", "argc": "1"}
     assert all(p["pid"] != shell_pid and p["name"].endswith("-save") for p in probes), probes
 

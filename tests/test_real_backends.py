@@ -13,7 +13,8 @@ import shutil
 import pytest
 
 from conftest import BIN, REPO, SYSTEM_PATH, shim_env
-from rootfs import WRITE4, WRITE6, assert_only_in, landed, make_image  # noqa: F401  (make_image: fixture)
+from rootfs import WRITE4, WRITE6, assert_only_in, landed
+from shim_output import shim_error_line
 
 # (case, image backends, image alias, set-up with the real variant binaries, expected backend)
 CONTAINER_CASES = [
@@ -39,39 +40,39 @@ CONTAINER_CASES = [
 
 
 @pytest.mark.parametrize("case,backends,alias,setup,expected", CONTAINER_CASES, ids=[c[0] for c in CONTAINER_CASES])
-def test_container_rule_lands_in_the_backend_the_netns_uses(netns, make_image, case, backends, alias, setup, expected):
-    image = make_image(backends, alias)
+def test_container_rule_lands_in_the_backend_the_netns_uses(netns, make_chroot, case, backends, alias, setup, expected):
+    container = make_chroot(backends, alias)
     if setup:
         netns.ok(setup)
-    r = image.run(WRITE4, netns=netns, IPTABLES_SHIM_DEBUG="1")
+    r = container.run(WRITE4, netns=netns, IPTABLES_SHIM_DEBUG="1")
     assert r.returncode == 0, r.stderr
     assert_only_in(netns, expected)
     # The debug line says which binary ran, and it is the image's own, inside the container.
     assert r.stderr.decode().startswith("iptables-shim: iptables -> /usr/sbin/iptables-%s: %s" % (expected, expected))
 
 
-def test_container_ip6tables_follows_the_same_decision(netns, make_image):
+def test_container_ip6tables_follows_the_same_decision(netns, make_chroot):
     """One decision per netns for both families: IPv4-only legacy rules send ip6tables to legacy."""
-    image = make_image(("nft", "legacy"), "nft")
+    container = make_chroot(("nft", "legacy"), "nft")
     netns.ok("iptables-legacy -A FORWARD -s 192.0.2.1 -j DROP")
-    r = image.run(WRITE6, netns=netns)
+    r = container.run(WRITE6, netns=netns)
     assert r.returncode == 0, r.stderr
     assert_only_in(netns, "legacy", "ip6tables")
 
 
-def test_container_empty_netns_leaves_legacy_untouched_when_writing_nft(netns, make_image):
+def test_container_empty_netns_leaves_legacy_untouched_when_writing_nft(netns, make_chroot):
     """The nft write in an empty netns creates no legacy table on the way (detection reads
     /proc/net/ip*_tables_names, not iptables-legacy)."""
-    image = make_image(("nft", "legacy"), "nft")
-    r = image.run(WRITE4, netns=netns)
+    container = make_chroot(("nft", "legacy"), "nft")
+    r = container.run(WRITE4, netns=netns)
     assert r.returncode == 0, r.stderr
     assert netns.ok("cat /proc/net/ip_tables_names /proc/net/ip6_tables_names") == ""
     assert_only_in(netns, "nft")
 
 
-def test_explain_says_container_inside_and_host_outside(netns, make_image, cache_dir):
-    image = make_image(("nft", "legacy"), "legacy")
-    inside = image.explain(netns=netns)
+def test_explain_says_container_inside_and_host_outside(netns, make_chroot, cache_dir):
+    container = make_chroot(("nft", "legacy"), "legacy")
+    inside = container.explain(netns=netns)
     assert inside["context"]["value"] == "container", inside["context"]
     assert inside["netns"]["kind"] == "pod"
     assert inside["path"] == ["/opt/iptables-shim/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]
@@ -100,16 +101,13 @@ def test_host_context_uses_the_host_alias_even_where_legacy_holds_rules(netns, c
 
 @pytest.mark.parametrize("setup", ["", "iptables-legacy -t nat -A POSTROUTING -s 192.0.2.1 -j MASQUERADE"],
                          ids=["fresh netns", "legacy nat rule"])
-def test_mode_nft_with_only_legacy_binaries_fails_and_writes_nothing(netns, make_image, setup):
-    image = make_image(("legacy",), "legacy")
+def test_mode_nft_with_only_legacy_binaries_fails_and_writes_nothing(netns, make_chroot, setup):
+    container = make_chroot(("legacy",), "legacy")
     if setup:
         netns.ok(setup)
     before = netns.snapshot()
-    r = image.run(WRITE4, netns=netns, IPTABLES_SHIM_MODE="nft")
-    err = r.stderr.decode()
-    assert r.returncode != 0
-    assert r.stdout == b""
-    assert len(err.splitlines()) == 1 and err.startswith("iptables-shim:"), err
+    r = container.run(WRITE4, netns=netns, IPTABLES_SHIM_MODE="nft")
+    err = shim_error_line(r)
     assert "iptables-nft" in err and "IPTABLES_SHIM_MODE" in err, err
     assert netns.snapshot() == before  # legacy table lists and nft ruleset unchanged
     assert landed(netns) == {"nft": [], "legacy": []}

@@ -27,7 +27,6 @@ import os
 import pytest
 
 from conftest import BIN, SYSTEM_PATH, shim_env
-from rootfs import make_image, make_netns  # noqa: F401  (pytest fixtures)
 
 COMMANDS = [
     ["iptables", "--version"],
@@ -72,7 +71,7 @@ def content(out):
 
 @pytest.mark.parametrize("ctx,alias,state", CASES, ids=["%s-%s-%s" % c for c in CASES])
 def test_reading_through_the_shim_changes_nothing_the_real_binary_does_not(
-        netns, make_netns, make_image, cache_dir, ctx, alias, state):
+        netns, make_netns, make_chroot, cache_dir, ctx, alias, state):
     backend = EXPECTED[(ctx, alias)][state]
     a, b = netns, make_netns()
     if STATES[state]:
@@ -89,13 +88,13 @@ def test_reading_through_the_shim_changes_nothing_the_real_binary_does_not(
 
         explain_cmd = [os.path.join(BIN, "iptables-shim"), "explain"]
     else:
-        image = make_image(("nft", "legacy"), alias)
+        container = make_chroot(("nft", "legacy"), alias)
 
         def shim(cmd):
-            return image.run(cmd, netns=a, IPTABLES_SHIM_CACHE="off")
+            return container.run(cmd, netns=a, IPTABLES_SHIM_CACHE="off")
 
         def direct(cmd):
-            return image.run(cmd, netns=b)
+            return container.run(cmd, netns=b)
 
         explain_cmd = ["iptables-shim", "explain"]
 
