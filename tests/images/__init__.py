@@ -25,7 +25,6 @@ DEFAULT_CACHE = "/var/cache/iptables-shim-tests"
 MIRROR = os.environ.get("IPTABLES_SHIM_MIRROR", "http://deb.debian.org/debian")
 IMAGE_PACKAGES = "iptables"  # and nothing else: no Python in any test image
 CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-NAMES = ["iptables", "iptables-save", "iptables-restore", "ip6tables", "ip6tables-save", "ip6tables-restore"]
 
 
 def _hash(*parts):
