@@ -180,8 +180,14 @@ def test_entry_rewritten_concurrently_never_misleads(netns, tmp_path):
 
 # --- netns recycled -------------------------------------------------------------------------------
 
-# The end of both seccomp helper scripts below: load the BPF program `prog` (no new privileges first,
-# as an unprivileged filter must), then exec the command under it.
+# The start of both seccomp helper scripts below: one BPF instruction (struct sock_filter).
+BPF = r'''
+import ctypes, os, platform, struct, sys
+def ins(code, jt, jf, k):
+    return struct.pack("HBBI", code, jt, jf, k)'''
+
+# Their end: load the BPF program `prog` (no new privileges first, as an unprivileged filter must),
+# then exec the command under it.
 INSTALL_FILTER = r'''
 buf = ctypes.create_string_buffer(b"".join(prog))
 class Fprog(ctypes.Structure):
@@ -191,20 +197,17 @@ libc = ctypes.CDLL(None, use_errno=True)
 assert libc.prctl(38, 1, 0, 0, 0) == 0
 assert libc.prctl(22, 2, ctypes.byref(fp), 0, 0) == 0, ctypes.get_errno()'''
 
-NO_COOKIE = r'''
-import ctypes, os, platform, struct, sys
+NO_COOKIE = r'''%(bpf)s
 # A seccomp filter refusing getsockopt(..., SO_NETNS_COOKIE=71) with ENOPROTOOPT, as a kernel
 # older than 5.14 answers, then exec argv.
 ARCH = {"x86_64": (0xC000003E, 55), "aarch64": (0xC00000B7, 209)}
 audit, nr = ARCH[platform.machine()]
-def ins(code, jt, jf, k):
-    return struct.pack("HBBI", code, jt, jf, k)
 prog = [ins(0x20, 0, 0, 4), ins(0x15, 0, 5, audit), ins(0x20, 0, 0, 0), ins(0x15, 0, 3, nr),
         ins(0x20, 0, 0, 32), ins(0x15, 0, 1, 71), ins(0x06, 0, 0, 0x00050000 | 92),
         ins(0x06, 0, 0, 0x7FFF0000)]
 %(install_filter)s
 os.execvp(sys.argv[1], sys.argv[1:])
-''' % {'install_filter': INSTALL_FILTER}
+''' % {'bpf': BPF, 'install_filter': INSTALL_FILTER}
 
 
 @pytest.mark.slow
@@ -388,16 +391,13 @@ def test_binary_removed_and_restored_while_calls_run(netns, tmp_path):
 
 # --- kernel probes refused ------------------------------------------------------------------------
 
-SECCOMP = r'''
-import ctypes, os, platform, struct, sys
+SECCOMP = r'''%(bpf)s
 # A seccomp filter refusing socket(domain, type, ...) with EACCES for the given domains (all of
 # them, or with "cloexec" only those asking for SOCK_CLOEXEC), then exec argv.
 ARCH = {"x86_64": (0xC000003E, 41), "aarch64": (0xC00000B7, 198)}
 audit, nr = ARCH[platform.machine()]
 domains = [int(d) for d in sys.argv[1].split(",")]
 cloexec_only = sys.argv[2] == "cloexec"
-def ins(code, jt, jf, k):
-    return struct.pack("HBBI", code, jt, jf, k)
 ALLOW, ERRNO = ins(0x06, 0, 0, 0x7FFF0000), ins(0x06, 0, 0, 0x00050000 | 13)
 n = len(domains)
 prog = [ins(0x20, 0, 0, 4), ins(0x15, 0, 3 + n, audit), ins(0x20, 0, 0, 0), ins(0x15, 0, 1 + n, nr),
@@ -411,7 +411,7 @@ else:
     prog.append(ERRNO)
 %(install_filter)s
 os.execvp(sys.argv[3], sys.argv[3:])
-''' % {'install_filter': INSTALL_FILTER}
+''' % {'bpf': BPF, 'install_filter': INSTALL_FILTER}
 
 AF_INET, AF_INET6, AF_NETLINK = 2, 10, 16
 
