@@ -24,7 +24,7 @@ import subprocess
 import pytest
 
 from namespaces import REPO
-from shim.tools import FAMILIES, TOOL_SUFFIXES, variant_name
+from shim.tools import FAMILIES, SHIM_NAMES, TOOL_SUFFIXES, split_name, variant_name
 # test_images.py (another owner's) imports the fixture from here; the one factory is namespaces.py's.
 from namespaces import make_netns  # noqa: F401
 
@@ -80,20 +80,24 @@ def assert_only_in(netns, backend, family="iptables"):
     assert where[other] == [], where
 
 
-def sbin_dir(directory, aliases=None, variants=()):
+def sbin_dir(directory, aliases=None, variants=(), names=None, via_variant=False):
     """A PATH directory standing for a container image's /usr/sbin, without the chroot: the variant
-    names of each backend in `variants`, and the default names (`iptables`, `ip6tables-save`, ...)
-    running `aliases` (one backend for both families, or {family: backend}), all symlinks straight
-    to the host's multi-call binaries. Its path."""
+    names of each backend in `variants` as symlinks to the host's multi-call binaries, and the
+    default names (`names`, or all six) running `aliases` (one backend for both families, or
+    {family: backend}): symlinks straight to the multi-call binary, or with via_variant to the
+    variant name beside them (as update-alternatives leaves them). Its path."""
     os.makedirs(directory, exist_ok=True)
     if aliases is not None and not isinstance(aliases, dict):
         aliases = {f: aliases for f in FAMILIES}
-    for family, backend in sorted((aliases or {}).items()):
-        for s in TOOL_SUFFIXES:
-            os.symlink(os.path.join(HOST_SBIN, MULTI[backend]), os.path.join(directory, family + s))
     for backend in variants:
         for name in variant_links(backend):
             os.symlink(os.path.join(HOST_SBIN, MULTI[backend]), os.path.join(directory, name))
+    for name in sorted(names if names is not None else SHIM_NAMES):
+        family, suffix = split_name(name)
+        backend = (aliases or {}).get(family)
+        if backend:
+            target = variant_name(family, backend, suffix) if via_variant else os.path.join(HOST_SBIN, MULTI[backend])
+            os.symlink(target, os.path.join(directory, name))
     return directory
 
 

@@ -38,7 +38,7 @@ import pytest
 
 from conftest import BIN
 from namespaces import Netns
-from shim.tools import FAMILIES, SHIM_NAMES, TOOL_SUFFIXES, split_name, variant_name
+from rootfs import sbin_dir
 from shim_output import SyslogSink, is_shim_error
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: network namespaces, setpriv, user namespaces")
@@ -87,17 +87,8 @@ class Layout(object):
 
     def __init__(self, root, alias, backends=("nft", "legacy"), default_names=None):
         self.dir = os.path.join(root, "sbin-" + uuid.uuid4().hex[:6])
-        os.mkdir(self.dir, 0o755)
-        multi = {"nft": "/usr/sbin/xtables-nft-multi", "legacy": "/usr/sbin/xtables-legacy-multi"}
-        for b in backends:
-            for fam in FAMILIES:
-                for s in TOOL_SUFFIXES:
-                    os.symlink(multi[b], os.path.join(self.dir, variant_name(fam, b, s)))
-        names = default_names if default_names is not None else sorted(SHIM_NAMES)
-        if alias:
-            for n in names:
-                fam, suffix = split_name(n)
-                os.symlink(variant_name(fam, alias, suffix), os.path.join(self.dir, n))
+        os.mkdir(self.dir, 0o755)  # reached by uid 65534 too
+        sbin_dir(self.dir, aliases=alias, variants=backends, names=default_names, via_variant=True)
         self.alias = alias
         self.locks = os.path.join(root, "locks")
         if not os.path.isdir(self.locks):

@@ -38,6 +38,7 @@ import subprocess
 import pytest
 
 from conftest import BIN
+from rootfs import sbin_dir
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: network namespaces")
 
@@ -181,15 +182,7 @@ def peer_answers(netns, alias):
 def image_path(tmp_path, alias):
     d = tmp_path / ("sbin-" + alias)
     if not d.exists():
-        d.mkdir()
-        multi = {"nft": "/usr/sbin/xtables-nft-multi", "legacy": "/usr/sbin/xtables-legacy-multi"}
-        for b in ("nft", "legacy"):
-            for fam in ("iptables", "ip6tables"):
-                for s in ("", "-save", "-restore"):
-                    os.symlink(multi[b], str(d / ("%s-%s%s" % (fam, b, s))))
-        for fam in ("iptables", "ip6tables"):
-            for s in ("", "-save", "-restore"):
-                os.symlink("%s-%s%s" % (fam, alias, s), str(d / (fam + s)))
+        sbin_dir(str(d), aliases=alias, variants=("nft", "legacy"), via_variant=True)
     return BIN + ":" + str(d) + ":/usr/bin:/bin"
 
 
