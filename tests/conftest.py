@@ -4,7 +4,8 @@ cache dir.
 The helpers, one module per concern:
 - namespaces.py: network namespaces (`Netns`, the `netns` and `make_netns` fixtures, Python
   snippets run inside one);
-- rootfs.py: stand-in containers without a container engine (`ChrootContainer`, `make_chroot`);
+- rootfs.py: stand-in containers without a container engine (`ChrootContainer`, `make_chroot`), and
+  `sbin_dir`, a PATH directory standing for an image's /usr/sbin;
 - shim_output.py: what the shim says on stderr (its one-line error, its debug line) and in syslog;
 - fakes/: the recording fake of a real binary.
 Every test that writes rules does so inside a netns made by namespaces.py: never in the machine's own.
