@@ -24,8 +24,6 @@ from namespaces import REPO, SYSTEM_PATH  # noqa: E402
 if REPO not in sys.path:
     sys.path.insert(0, REPO)  # the checkout's shim, whatever the working directory
 
-from shim.tools import SHIM_NAMES  # noqa: E402,F401  (for suites that import it from here)
-
 pytest_plugins = ["namespaces", "rootfs"]
 
 BIN = os.path.join(REPO, "bin")

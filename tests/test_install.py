@@ -10,11 +10,12 @@ import subprocess
 
 import pytest
 
-from conftest import BIN, SHIM_NAMES, SYSTEM_PATH
+from conftest import BIN, SYSTEM_PATH
+from shim.tools import CLI_NAME, SHIM_NAMES
 
 SHIM = os.path.join(BIN, "iptables-shim")
 TARGET = os.path.realpath(SHIM)
-ALL_NAMES = sorted(SHIM_NAMES) + ["iptables-shim"]
+ALL_NAMES = sorted(SHIM_NAMES) + [CLI_NAME]
 
 
 def install(directory, shim=SHIM):
