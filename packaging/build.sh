@@ -15,6 +15,9 @@
 #                                 it is). Needs qemu-user-static; result in dist/arm64/ by default.
 #                                 Slow: everything in the tree runs emulated (see README).
 #   --out DIR                     put iptables-shim/ in DIR instead of dist/ (dist/ARCH/ for --arch)
+#   IPTABLES_SHIM_BUILD_INCLUDE=a,b   more packages for the build root, in the same debootstrap (part of
+#                                 its stamp): tests/test_arm64.py adds a kernel, iptables and nftables
+#                                 so that the arm64 tree also boots as its test VM (tests/vm.py).
 #   --onefile                     also build DIR/onefile/iptables-shim (one file; for measurement only)
 #
 # The result: dist/iptables-shim/iptables-shim (a multi-call executable dispatching on argv[0]),
@@ -28,7 +31,7 @@ PYINSTALLER_VERSION="${PYINSTALLER_VERSION:-6.22.3}"
 SUITE=bullseye
 MIRROR="${IPTABLES_SHIM_MIRROR:-http://deb.debian.org/debian}"
 NAMES="iptables iptables-save iptables-restore ip6tables ip6tables-save ip6tables-restore"
-ROOT_PACKAGES=python3,python3-venv,libpython3.9,binutils,ca-certificates
+ROOT_PACKAGES=python3,python3-venv,libpython3.9,binutils,ca-certificates${IPTABLES_SHIM_BUILD_INCLUDE:+,$IPTABLES_SHIM_BUILD_INCLUDE}
 STAMP=.iptables-shim-build-root
 HOST_ARCH=$(dpkg --print-architecture 2>/dev/null || uname -m | sed 's/x86_64/amd64/; s/aarch64/arm64/')
 ARCH=$HOST_ARCH
@@ -105,6 +108,23 @@ in_root() {
     return "$rc"
 }
 
+# A kernel in the build root is there to boot the tree as a VM (tests/vm.py, virtio disk). Its
+# initrd gets only what mounts that disk (MODULES=list plus a hook forcing the virtio and ext4
+# modules): initramfs-tools' default copies most of the kernel's modules and compresses them, all
+# emulated. Written after debootstrap's first stage, before the second configures the kernel.
+vm_initramfs() {
+    local root=$1
+    mkdir -p "$root/etc/initramfs-tools/conf.d" "$root/etc/initramfs-tools/hooks"
+    printf 'MODULES=list\nCOMPRESS=gzip\n' >"$root/etc/initramfs-tools/conf.d/iptables-shim-vm"
+    cat >"$root/etc/initramfs-tools/hooks/iptables-shim-vm" <<'HOOK'
+#!/bin/sh
+[ "$1" = prereqs ] && exit 0
+. /usr/share/initramfs-tools/hook-functions
+for m in virtio_pci virtio_mmio virtio_blk ext4; do force_load "$m"; done
+HOOK
+    chmod 755 "$root/etc/initramfs-tools/hooks/iptables-shim-vm"
+}
+
 ensure_build_root() {
     local root=$1 foreign=()
     # The stamp holds the suite, architecture and package list: a root made otherwise is made again.
@@ -121,6 +141,7 @@ ensure_build_root() {
     debootstrap ${foreign[@]+"${foreign[@]}"} --variant=minbase --include="$ROOT_PACKAGES" "$SUITE" "$root" "$MIRROR" \
         >"$root.log" 2>&1 || die "debootstrap failed, see $root.log"
     if [ ${#foreign[@]} -gt 0 ]; then
+        case ",$ROOT_PACKAGES," in *,linux-image-*) vm_initramfs "$root" ;; esac
         # container=lxc: debootstrap then skips its mknod test, which a user namespace refuses
         # (the devices are bind-mounted from the host's /dev).
         in_root "$root" /usr/bin/env container=lxc /debootstrap/debootstrap --second-stage >>"$root.log" 2>&1 ||
@@ -167,7 +188,7 @@ main() {
             --inside) mode=inside ;;
             --onefile) onefile=1 ;;
             --out) out=$(realpath -m "$2"); shift ;;
-            -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+            -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
             *) die "unknown option $1 (see --help)" ;;
         esac
         shift
