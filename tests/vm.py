@@ -18,8 +18,15 @@ Cache: $IPTABLES_SHIM_TEST_CACHE/vm (default /var/cache/iptables-shim-tests/vm),
 suite. IPTABLES_SHIM_TEST_FRESH=1 (.ci/run) builds in a temporary directory removed at the end
 (`close()`), so CI builds from scratch. Build steps and boot times go to logs/vm.log there.
 
+arm64 (tests/test_arm64.py): `disk(name, arch="arm64", tree=TREE)` makes the disk from a tree built
+elsewhere, the arm64 build root of `packaging/build.sh --arch arm64` (IPTABLES_SHIM_BUILD_INCLUDE adds
+the kernel, iptables and nftables to its one emulated debootstrap, and a small initrd), and boots
+it with qemu-system-aarch64 (`-M virt`, cortex-a57, TCG, console ttyAMA0). Such a disk has no
+variants (they need the tree's own depmod, which would run emulated).
+
 Run by hand: `/usr/bin/python3 tests/vm.py build bookworm` or
-`/usr/bin/python3 tests/vm.py run bookworm 'uname -r; cat /proc/modules'`.
+`/usr/bin/python3 tests/vm.py run bookworm 'uname -r; cat /proc/modules'`, and for a tree
+`/usr/bin/python3 tests/vm.py run-tree arm64 TREE 'uname -m'`.
 """
 
 import os
@@ -36,6 +43,15 @@ SUITES = ("bullseye", "bookworm", "trixie")
 PACKAGES = "linux-image-amd64,initramfs-tools,kmod,iptables,nftables,iproute2,util-linux,python3-minimal"
 # Bump when the tree's customisation (init, variants) changes: cached disks are rebuilt.
 LAYOUT = "1"
+
+# Per architecture: the emulator and its machine, the serial console's name in the kernel.
+QEMU = {
+    "amd64": (["qemu-system-x86_64", "-accel", "tcg"], "ttyS0"),
+    # cortex-a57 rather than max: max adds features (pointer authentication) that TCG emulates slowly.
+    # No NIC (the tests need none; a PCI NIC would want ipxe's option ROM, not installed with
+    # --no-install-recommends).
+    "arm64": (["qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a57", "-accel", "tcg", "-nic", "none"], "ttyAMA0"),
+}
 SHIM_MOUNT = "/opt/iptables-shim"
 
 # Module files removed per variant (basename without .ko*), matched by shell glob in the init and
@@ -94,12 +110,13 @@ class VMError(AssertionError):
 
 
 class Disk(object):
-    """A built suite: the ext4 image, its kernel and initrd, the kernel release."""
+    """A built suite: the ext4 image, its kernel and initrd, the kernel release, the architecture."""
 
-    __slots__ = ("suite", "image", "kernel", "initrd", "release")
+    __slots__ = ("suite", "image", "kernel", "initrd", "release", "arch")
 
-    def __init__(self, suite, image, kernel, initrd, release):
+    def __init__(self, suite, image, kernel, initrd, release, arch="amd64"):
         self.suite, self.image, self.kernel, self.initrd, self.release = suite, image, kernel, initrd, release
+        self.arch = arch
 
 
 class VMs(object):
@@ -145,22 +162,32 @@ class VMs(object):
     def stamp(self, suite):
         return os.path.join(self.root, "disks", suite + ".stamp")
 
-    def disk(self, suite):
-        """The built Disk of a suite, building it if the cache has none (or an older layout)."""
+    def disk(self, suite, arch="amd64", tree=None):
+        """The built Disk of a suite, building it if the cache has none (or an older layout).
+        With `tree`, the disk is made from that debootstrap tree (for `arch`) instead of one of
+        its own; it is made again when the tree's build stamp (build.sh's) changes."""
         if suite in self.disks:
             return self.disks[suite]
+        if arch not in QEMU or (arch != "amd64" and tree is None):
+            raise ValueError("arch %r: amd64, or arm64 with a tree" % arch)
         stamp = self.stamp(suite)
+        want = [LAYOUT, arch] + ([_tree_key(tree)] if tree else [])
         ok = False
         if os.path.exists(stamp):
             with open(stamp) as f:
                 words = f.read().split()
-            ok = len(words) == 2 and words[0] == LAYOUT
+            ok = len(words) == len(want) + 1 and words[:1] + words[2:] == want
+            if not tree and len(words) == 2 and words[0] == LAYOUT:
+                ok = True  # an amd64 stamp of before the arch field
         if not ok:
-            self.build(suite)
+            if tree:
+                self.build_from_tree(suite, tree, arch)
+            else:
+                self.build(suite)
         with open(stamp) as f:
             release = f.read().split()[1]
         base = os.path.join(self.root, "disks", suite)
-        disk = Disk(suite, base + ".img", base + ".vmlinuz", base + ".initrd", release)
+        disk = Disk(suite, base + ".img", base + ".vmlinuz", base + ".initrd", release, arch)
         self.disks[suite] = disk
         return disk
 
@@ -195,11 +222,21 @@ class VMs(object):
         t0 = time.monotonic()
         self.finish_tree(self.start_tree(suite))
         tree = os.path.join(self.root, "trees", suite)
-        releases = sorted(os.listdir(os.path.join(tree, "lib", "modules")))
-        if len(releases) != 1:
-            raise VMError("%s: expected one kernel, found %s" % (suite, releases))
-        release = releases[0]
+        release = _release(suite, tree)
         self._customize(tree, release)
+        self._make_disk(suite, tree, release, [LAYOUT, release, "amd64"])
+        self.log("built %s (%s) in %.1f s" % (suite, release, time.monotonic() - t0))
+
+    def build_from_tree(self, name, tree, arch):
+        """A disk from a tree made elsewhere (build.sh's arm64 build root): only the init is added
+        to it; the tree is otherwise left as it is (it is still a build root)."""
+        t0 = time.monotonic()
+        release = _release(name, tree)
+        _write_init(tree)
+        self._make_disk(name, tree, release, [LAYOUT, release, arch, _tree_key(tree)])
+        self.log("built %s (%s, %s, from %s) in %.1f s" % (name, release, arch, tree, time.monotonic() - t0))
+
+    def _make_disk(self, suite, tree, release, stamp):
         base = os.path.join(self.root, "disks", suite)
         shutil.copyfile(os.path.join(tree, "boot", "vmlinuz-" + release), base + ".vmlinuz")
         shutil.copyfile(os.path.join(tree, "boot", "initrd.img-" + release), base + ".initrd")
@@ -209,15 +246,12 @@ class VMs(object):
         self._run(["mkfs.ext4", "-q", "-F", "-L", "shimvm", "-d", tree, base + ".img", "%dM" % size],
                   "mkfs.ext4 -d %s (%d MiB)" % (suite, size))
         with open(self.stamp(suite), "w") as f:
-            f.write("%s %s\n" % (LAYOUT, release))
-        self.log("built %s (%s) in %.1f s" % (suite, release, time.monotonic() - t0))
+            f.write(" ".join(stamp) + "\n")
 
     def _customize(self, tree, release):
         """The init, and per variant the module indexes of the reduced module set (made by the
         tree's own depmod on a copy of the module tree made of hard links)."""
-        with open(os.path.join(tree, "shim-vm-init"), "w") as f:
-            f.write(INIT)
-        os.chmod(os.path.join(tree, "shim-vm-init"), 0o755)
+        _write_init(tree)
         # Space the tests do not need.
         for d in ("usr/share/doc", "usr/share/man", "usr/share/locale", "var/cache/apt/archives"):
             shutil.rmtree(os.path.join(tree, d), ignore_errors=True)
@@ -264,13 +298,14 @@ class VMs(object):
             with open(os.path.join(job, "script.sh"), "w") as f:
                 f.write(script)
             console = os.path.join(job, "console.log")
-            append = "root=/dev/vda rw console=ttyS0 init=/shim-vm-init panic=-1 quiet loglevel=3"
+            qemu, tty = QEMU[disk.arch]
+            append = "root=/dev/vda rw console=%s init=/shim-vm-init panic=-1 quiet loglevel=3" % tty
             if variant:
                 append += " shim.variant=" + variant
             shares = dict(shares or {})
             if shares:
                 append += " shim.shares=" + ",".join(sorted(shares))
-            cmd = ["qemu-system-x86_64", "-accel", "tcg", "-m", str(memory), "-smp", "1",
+            cmd = qemu + ["-m", str(memory), "-smp", "1",
                    "-display", "none", "-monitor", "none", "-serial", "file:" + console, "-no-reboot",
                    "-kernel", disk.kernel, "-initrd", disk.initrd,
                    "-drive", "file=%s,format=raw,if=virtio,snapshot=on" % disk.image,
@@ -296,6 +331,26 @@ class VMs(object):
             return rc, out
         finally:
             shutil.rmtree(job, ignore_errors=True)
+
+
+def _release(suite, tree):
+    releases = sorted(os.listdir(os.path.join(tree, "lib", "modules")))
+    if len(releases) != 1:
+        raise VMError("%s: expected one kernel, found %s" % (suite, releases))
+    return releases[0]
+
+
+def _write_init(tree):
+    with open(os.path.join(tree, "shim-vm-init"), "w") as f:
+        f.write(INIT)
+    os.chmod(os.path.join(tree, "shim-vm-init"), 0o755)
+
+
+def _tree_key(tree):
+    """What identifies a tree made elsewhere: its build stamp's change time (build.sh writes it
+    last, and a remade tree writes it again)."""
+    st = os.stat(os.path.join(tree, ".iptables-shim-build-root"))
+    return "%d" % st.st_ctime_ns
 
 
 def _read(path):
@@ -353,10 +408,17 @@ if __name__ == "__main__":
         for s in sys.argv[2:]:
             v.disk(s)
         v.close()
+    elif len(sys.argv) == 5 and sys.argv[1] == "run-tree":
+        arch, tree = sys.argv[2], os.path.abspath(sys.argv[3])
+        v = vms()
+        v.disk("tree-" + arch, arch=arch, tree=tree)
+        rc, out = v.run("tree-" + arch, sys.argv[4])
+        sys.stdout.write(out)
+        sys.exit(rc)
     elif len(sys.argv) >= 4 and sys.argv[1] == "run":
         variant = sys.argv[4] if len(sys.argv) > 4 else None
         rc, out = vms().run(sys.argv[2], sys.argv[3], variant)
         sys.stdout.write(out)
         sys.exit(rc)
     else:
-        sys.exit("usage: vm.py build SUITE... | run SUITE SCRIPT [VARIANT]")
+        sys.exit("usage: vm.py build SUITE... | run SUITE SCRIPT [VARIANT] | run-tree ARCH TREE SCRIPT")
