@@ -6,8 +6,15 @@ private user namespace (build.sh, in_root). Shown here: the tree is aarch64 (ELF
 whole (the six names, the marker, libpython), portable (glibc <= bullseye's 2.31), and
 packaging/image.sh makes its FROM-scratch image for linux/arm64 holding that executable.
 
-Not shown here: the arm64 shim deciding on a real arm64 kernel (an aarch64 VM); qemu-user does
-not pass NETLINK_NETFILTER through, so running it emulated would prove nothing about the probes.
+And in an aarch64 VM (mark `vm`; tests/vm.py with arch="arm64": qemu-system-aarch64 -M virt, TCG,
+Debian bullseye's arm64 kernel 5.10), the frozen aarch64 shim decides on that real kernel, read back
+with the real save binaries: legacy rules -> legacy, nft rules -> nft, an empty netns -> the image's
+alias (legacy, then nft); detection loads no module. qemu-user does not pass NETLINK_NETFILTER
+through, so the probes must run under a real arm64 kernel, not emulated beside this one. The VM's
+disk is the arm64 build root itself: IPTABLES_SHIM_BUILD_INCLUDE adds the kernel, iptables and
+nftables to its one emulated debootstrap (a second foreign debootstrap would cost ~13 min).
+IPTABLES_SHIM_TEST_ARM64_VM=0 turns the VM off (not the build root's extra packages: the cached
+root stays the same either way).
 
 Cached like the image tests (tests/images): the tree and the build in
 $IPTABLES_SHIM_TEST_CACHE (default /var/cache/iptables-shim-tests), rebuilt when shim/ or
@@ -16,12 +23,15 @@ packaging/ change; IPTABLES_SHIM_TEST_FRESH=1 builds from scratch. Mark `images`
 
 import json
 import os
+import re
 import subprocess
 
 import pytest
 
+import vm
 from conftest import REPO
 from images import Workspace, source_key
+from test_vm_kernels import COLD, MAIN, field, landed_of, script
 
 pytestmark = [
     pytest.mark.images,
@@ -34,6 +44,8 @@ pytestmark = [
 
 VERSION = [l.split('"')[1] for l in open(os.path.join(REPO, "pyproject.toml")) if l.startswith("version = ")][0]
 EM_AARCH64 = 183
+# In the build root's one debootstrap (build.sh), so that it boots as the test VM.
+VM_PACKAGES = "linux-image-arm64,initramfs-tools,kmod,iptables,nftables,iproute2,util-linux"
 
 
 def elf_machine(path):
@@ -44,24 +56,28 @@ def elf_machine(path):
 
 
 class Arm64(object):
-    def __init__(self, ws, tree):
-        self.ws, self.tree = ws, tree
+    __slots__ = ("ws", "tree", "root")
+
+    def __init__(self, ws, tree, root):
+        self.ws, self.tree, self.root = ws, tree, root
 
 
 @pytest.fixture(scope="module")
 def arm64():
     ws = Workspace.open()
     try:
-        key = source_key()
+        key = source_key() + " " + VM_PACKAGES
         out = os.path.join(ws.root, "dist-arm64")
+        root = os.path.join(ws.trees, "bullseye-arm64-vm")
         stamp = os.path.join(out, ".source-key")
-        if not (os.path.exists(stamp) and open(stamp).read() == key):
-            env = dict(os.environ, IPTABLES_SHIM_BUILD_ROOT=os.path.join(ws.trees, "bullseye-arm64-build"))
+        if not (os.path.exists(stamp) and open(stamp).read() == key
+                and os.path.exists(os.path.join(root, ".iptables-shim-build-root"))):
+            env = dict(os.environ, IPTABLES_SHIM_BUILD_ROOT=root, IPTABLES_SHIM_BUILD_INCLUDE=VM_PACKAGES)
             ws.run([os.path.join(REPO, "packaging", "build.sh"), "--arch", "arm64", "--out", out],
                    what="packaging/build.sh --arch arm64 (emulated)", env=env, timeout=3600)
             with open(stamp, "w") as f:
                 f.write(key)
-        yield Arm64(ws, os.path.join(out, "iptables-shim"))
+        yield Arm64(ws, os.path.join(out, "iptables-shim"), root)
     finally:
         ws.close()
 
@@ -102,3 +118,66 @@ def test_the_arm64_image_holds_the_aarch64_tree(arm64):
         assert sorted(os.listdir(os.path.join(mnt, "opt/iptables-shim"))) == sorted(os.listdir(arm64.tree))
     finally:
         ws.buildah(["rm", ctr], check=False)
+
+
+# -- the aarch64 VM ------------------------------------------------------------------------------
+
+# The frozen tree is copied onto the VM's tmpfs (the shim's own directory, first on PATH), then
+# the cases of tests/test_vm_kernels.py: cold calls (nothing of netfilter loaded), and decisions
+# with the image's real binaries, read back with iptables-{nft,legacy}-save.
+VM_SCRIPT = script(
+    COLD,
+    "mkdir -p /tmp/fz && cp -a /mnt/arm64shim /tmp/fz/bin && export SHIM=/tmp/fz",
+    "section boot; echo \"machine: $(uname -m)\"; echo \"release: $(uname -r)\"; echo \"modules: $(mods)\"",
+    "echo \"shim: $(od -An -tx1 -j18 -N2 /tmp/fz/bin/iptables-shim | tr -d ' ')\"",
+    "mkimage /tmp/nftalias nft standin nft legacy; mkimage /tmp/legacyalias legacy standin nft legacy",
+    "cold_case 'cold hidden nft' hidden /tmp/nftalias new",
+    "cold_case 'cold visible legacy' visible /tmp/legacyalias new",
+    "mkimage /tmp/real-nft nft real nft legacy; mkimage /tmp/real-legacy legacy real nft legacy",
+    MAIN[MAIN.index("kcase() {"):MAIN.index("# -- timing")],
+)
+
+
+@pytest.fixture(scope="module")
+def arm64_vm(arm64):
+    if os.environ.get("IPTABLES_SHIM_TEST_ARM64_VM") == "0":
+        pytest.skip("IPTABLES_SHIM_TEST_ARM64_VM=0: the aarch64 VM is off")
+    if not os.path.exists("/usr/bin/qemu-system-aarch64"):
+        pytest.skip("needs qemu-system-arm (apt-get install -y --no-install-recommends qemu-system-arm)")
+    # Its own VMs: with IPTABLES_SHIM_TEST_FRESH=1 its temporary disk directory goes at the end of
+    # this module, whether or not tests/test_vm_kernels.py runs.
+    v = vm.VMs.open()
+    try:
+        v.disk("bullseye-arm64", arch="arm64", tree=arm64.root)
+        rc, out = v.run("bullseye-arm64", VM_SCRIPT, shares={"arm64shim": arm64.tree})
+    finally:
+        v.close()
+    assert rc == 0, out
+    return vm.sections(out)
+
+
+@pytest.mark.vm
+def test_the_vm_is_an_arm64_kernel_running_the_aarch64_shim(arm64_vm):
+    out = arm64_vm["boot"]
+    assert field(out, "machine") == "aarch64" and field(out, "shim") == "b700", out
+    mods = field(out, "modules").split()
+    assert not [m for m in mods if m.startswith(("nf", "x_tables", "ip_tables", "ip6_tables", "iptable"))], mods
+
+
+@pytest.mark.vm
+@pytest.mark.parametrize("case", ["cold hidden nft", "cold visible legacy"])
+def test_arm64_detection_loads_no_module(arm64_vm, case):
+    out = arm64_vm[case]
+    assert field(out, "before") == field(out, "after"), out
+    assert re.findall(r"^rc=(\d+)$", out, re.M) == ["0", "0", "0"], out
+
+
+@pytest.mark.vm
+@pytest.mark.parametrize("case,expected", [
+    ("decide legacy rules", (0, 1)), ("decide nft rules", (1, 0)), ("decide legacy hint", (0, 1)),
+    ("decide nft hint", (1, 0)), ("decide empty nft alias", (1, 0)), ("decide empty legacy alias", (0, 1)),
+])
+def test_arm64_decision_read_back_from_the_arm64_kernel(arm64_vm, case, expected):
+    out = arm64_vm[case]
+    print("%s: %s" % (case, out.replace("\n", " | ")))
+    assert "rc=0" in out and landed_of(out) == expected, out
