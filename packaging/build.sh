@@ -30,7 +30,9 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYINSTALLER_VERSION="${PYINSTALLER_VERSION:-6.22.3}"
 SUITE=bullseye
 MIRROR="${IPTABLES_SHIM_MIRROR:-http://deb.debian.org/debian}"
-NAMES="iptables iptables-save iptables-restore ip6tables ip6tables-save ip6tables-restore"
+# The six names, from where the shim itself defines them.
+NAMES="$(python3 -I -c 'import sys; sys.path.insert(0, sys.argv[1]); from shim.tools import SHIM_NAMES
+print(" ".join(sorted(SHIM_NAMES)))' "$REPO")"
 ROOT_PACKAGES=python3,python3-venv,libpython3.9,binutils,ca-certificates${IPTABLES_SHIM_BUILD_INCLUDE:+,$IPTABLES_SHIM_BUILD_INCLUDE}
 STAMP=.iptables-shim-build-root
 HOST_ARCH=$(dpkg --print-architecture 2>/dev/null || uname -m | sed 's/x86_64/amd64/; s/aarch64/arm64/')

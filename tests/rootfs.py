@@ -25,8 +25,6 @@ import pytest
 
 from namespaces import REPO
 from shim.tools import FAMILIES, SHIM_NAMES, TOOL_SUFFIXES, split_name, variant_name
-# test_images.py (another owner's) imports the fixture from here; the one factory is namespaces.py's.
-from namespaces import make_netns  # noqa: F401
 
 CONTAINER_SHIM = "/opt/iptables-shim"
 CONTAINER_PATH = CONTAINER_SHIM + "/bin:/usr/sbin:/usr/bin:/sbin:/bin"

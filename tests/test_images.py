@@ -17,8 +17,8 @@ import tempfile
 import pytest
 
 from conftest import REPO, SYSTEM_PATH
+from shim.tools import SHIM_NAMES
 from images import Workspace
-from rootfs import make_netns  # noqa: F401 (a fixture)
 
 pytestmark = [
     pytest.mark.images,
@@ -70,8 +70,7 @@ def rules_in(lines):
 
 def test_frozen_tree_is_one_directory_with_the_six_names(built):
     tree = os.path.join(built.dist, "iptables-shim")
-    for name in ["iptables", "iptables-save", "iptables-restore", "ip6tables", "ip6tables-save",
-                 "ip6tables-restore"]:
+    for name in sorted(SHIM_NAMES):
         assert os.readlink(os.path.join(tree, name)) == "iptables-shim", name
     assert os.path.isfile(os.path.join(tree, "iptables-shim"))
     # Portable: the bundle needs no glibc newer than bullseye's 2.31.
