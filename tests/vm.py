@@ -36,9 +36,10 @@ import sys
 import tempfile
 import time
 
+import debootstrap
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CACHE = "/var/cache/iptables-shim-tests"
-MIRROR = os.environ.get("IPTABLES_SHIM_MIRROR", "http://deb.debian.org/debian")
 SUITES = ("bullseye", "bookworm", "trixie")
 PACKAGES = "linux-image-amd64,initramfs-tools,kmod,iptables,nftables,iproute2,util-linux,python3-minimal"
 # Bump when the tree's customisation (init, variants) changes: cached disks are rebuilt.
@@ -194,29 +195,11 @@ class VMs(object):
     def start_tree(self, suite):
         """Start debootstrap for a suite's tree (None if one is already there): the downloads of
         the three suites overlap when started together."""
-        tree = os.path.join(self.root, "trees", suite)
-        if os.path.exists(tree + ".done"):
-            return None
-        shutil.rmtree(tree, ignore_errors=True)
-        debs = os.path.join(self.root, "debs", suite)
-        os.makedirs(debs, exist_ok=True)
-        log = open(os.path.join(self.root, "logs", "debootstrap-%s.log" % suite), "w")
-        cmd = ["debootstrap", "--variant=minbase", "--cache-dir=" + debs, "--include=" + PACKAGES, suite, tree, MIRROR]
-        self.log("start: " + " ".join(cmd))
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        proc.t0, proc.suite, proc.logf = time.monotonic(), suite, log
-        return proc
+        return debootstrap.start(suite, os.path.join(self.root, "trees", suite), PACKAGES, self.root,
+                                 os.path.join(self.root, "logs", "debootstrap-%s.log" % suite), self.log)
 
-    def finish_tree(self, proc):
-        if proc is None:
-            return
-        rc = proc.wait(timeout=3600)
-        proc.logf.close()
-        self.log("debootstrap %-38s rc=%d %7.1f s" % (proc.suite, rc, time.monotonic() - proc.t0))
-        if rc != 0:
-            raise VMError("debootstrap %s failed: see %s" % (proc.suite, proc.logf.name))
-        with open(os.path.join(self.root, "trees", proc.suite + ".done"), "w") as f:
-            f.write("%s\n" % time.time())
+    def finish_tree(self, run):
+        debootstrap.finish(run, 3600, self.log, VMError)
 
     def build(self, suite):
         t0 = time.monotonic()

@@ -19,10 +19,11 @@ import sys
 import tempfile
 import time
 
+import debootstrap
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CACHE = "/var/cache/iptables-shim-tests"
-MIRROR = os.environ.get("IPTABLES_SHIM_MIRROR", "http://deb.debian.org/debian")
 IMAGE_PACKAGES = "iptables"  # and nothing else: no Python in any test image
 CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -111,30 +112,11 @@ class Workspace(object):
 
     def start_tree(self, suite):
         """Start debootstrap for a minbase tree with iptables (no Python); None if cached."""
-        path = self.tree_path(suite)
-        if os.path.exists(path + ".done"):
-            return None
-        shutil.rmtree(path, ignore_errors=True)
-        debs = os.path.join(self.root, "debs", suite)
-        os.makedirs(debs, exist_ok=True)
-        cmd = ["debootstrap", "--variant=minbase", "--cache-dir=" + debs, "--include=" + IMAGE_PACKAGES,
-               suite, path, MIRROR]
-        self.log("start: " + " ".join(cmd))
-        log = open(os.path.join(self.root, "logs", "debootstrap-%s.log" % suite), "w")
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        proc.t0, proc.suite, proc.logf = time.monotonic(), suite, log
-        return proc
+        return debootstrap.start(suite, self.tree_path(suite), IMAGE_PACKAGES, self.root,
+                                 os.path.join(self.root, "logs", "debootstrap-%s.log" % suite), self.log)
 
-    def finish_tree(self, proc):
-        if proc is None:
-            return
-        rc = proc.wait(timeout=1800)
-        proc.logf.close()
-        self.log("debootstrap %-46s rc=%d %6.2f s" % (proc.suite, rc, time.monotonic() - proc.t0))
-        if rc != 0:
-            raise AssertionError("debootstrap %s failed: see %s" % (proc.suite, proc.logf.name))
-        with open(self.tree_path(proc.suite) + ".done", "w") as f:
-            f.write("%s %s %s\n" % (proc.suite, IMAGE_PACKAGES, time.time()))
+    def finish_tree(self, run):
+        debootstrap.finish(run, 1800, self.log, AssertionError)
 
     # -- the frozen build ------------------------------------------------------------------------
     def frozen(self):
