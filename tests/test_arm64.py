@@ -30,7 +30,7 @@ import pytest
 
 import vm
 from conftest import REPO
-from images import Workspace, source_key
+from images import VERSION, Workspace, elf_machine, source_key
 from test_vm_kernels import COLD, MAIN, field, landed_of, script
 
 pytestmark = [
@@ -42,17 +42,9 @@ pytestmark = [
                        reason="needs qemu-user-static (apt-get install -y qemu-user-static)"),
 ]
 
-VERSION = [l.split('"')[1] for l in open(os.path.join(REPO, "pyproject.toml")) if l.startswith("version = ")][0]
 EM_AARCH64 = 183
 # In the build root's one debootstrap (build.sh), so that it boots as the test VM.
 VM_PACKAGES = "linux-image-arm64,initramfs-tools,kmod,iptables,nftables,iproute2,util-linux"
-
-
-def elf_machine(path):
-    with open(path, "rb") as f:
-        head = f.read(20)
-    assert head[:4] == b"\x7fELF", path
-    return int.from_bytes(head[18:20], "little")
 
 
 class Arm64(object):

@@ -18,7 +18,7 @@ import pytest
 
 from conftest import REPO, SYSTEM_PATH
 from shim.tools import SHIM_NAMES
-from images import Workspace
+from images import VERSION, Workspace, elf_machine
 
 pytestmark = [
     pytest.mark.images,
@@ -245,16 +245,7 @@ def test_read_only_root_filesystem(built, netns):
 
 # -- the image to copy from (packaging/image.sh) ------------------------------------------------
 
-VERSION = [l.split('"')[1] for l in open(os.path.join(REPO, "pyproject.toml")) if l.startswith("version = ")][0]
 SHIM_IMAGE = "localhost/iptables-shim"
-
-
-def elf_machine(path):
-    """e_machine of an ELF file: 62 x86-64, 183 aarch64."""
-    with open(path, "rb") as f:
-        head = f.read(20)
-    assert head[:4] == b"\x7fELF", path
-    return int.from_bytes(head[18:20], "little")
 
 
 def make_shim_images(ws, trees):

@@ -36,6 +36,18 @@ def _hash(*parts):
     return h.hexdigest()[:12]
 
 
+# The version images are tagged with: pyproject.toml's.
+VERSION = [l.split('"')[1] for l in open(os.path.join(REPO, "pyproject.toml")) if l.startswith("version = ")][0]
+
+
+def elf_machine(path):
+    """e_machine of an ELF file: 62 x86-64, 183 aarch64."""
+    with open(path, "rb") as f:
+        head = f.read(20)
+    assert head[:4] == b"\x7fELF", path
+    return int.from_bytes(head[18:20], "little")
+
+
 def source_key():
     """Hash of everything the frozen build is made from."""
     parts = []
