@@ -27,6 +27,36 @@ if REPO not in sys.path:
 pytest_plugins = ["namespaces", "rootfs"]
 
 BIN = os.path.join(REPO, "bin")
+NOBODY = 65534
+_OTHERS_BIN = []
+
+
+def bin_for_other_users():
+    """bin/ as a non-root caller (uid 65534) can run it: the checkout's own where that user can
+    read it, else a world-readable copy of bin/ and shim/ under /var/tmp, made once per session
+    and removed at exit. A checkout under /root (0700, where root naturally clones) is out of
+    other users' reach; the copy is the same code."""
+    if _OTHERS_BIN:
+        return _OTHERS_BIN[0]
+    import atexit
+    import shutil
+    import subprocess
+    import tempfile
+
+    readable = subprocess.run(["setpriv", "--reuid=%d" % NOBODY, "--regid=%d" % NOBODY, "--clear-groups",
+                               "test", "-r", os.path.join(BIN, "iptables-shim")], check=False).returncode == 0
+    if readable:
+        _OTHERS_BIN.append(BIN)
+        return BIN
+    top = tempfile.mkdtemp(prefix="iptables-shim-checkout-", dir="/var/tmp")
+    os.chmod(top, 0o755)
+    for part in ("bin", "shim"):
+        shutil.copytree(os.path.join(REPO, part), os.path.join(top, part), symlinks=True,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run(["chmod", "-R", "a+rX,go-w", top], check=True)
+    atexit.register(shutil.rmtree, top, True)
+    _OTHERS_BIN.append(os.path.join(top, "bin"))
+    return _OTHERS_BIN[0]
 
 
 def shim_env(cache_dir, path=None, **extra):

@@ -36,7 +36,7 @@ import uuid
 
 import pytest
 
-from conftest import BIN
+from conftest import bin_for_other_users
 from namespaces import Netns
 from rootfs import sbin_dir
 from shim_output import SyslogSink, is_shim_error
@@ -44,6 +44,8 @@ from shim_output import SyslogSink, is_shim_error
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: network namespaces, setpriv, user namespaces")
 
 NOBODY = 65534
+# Every caller runs bin/ where uid 65534 can read it (a copy when the checkout sits under /root).
+BIN = bin_for_other_users() if os.geteuid() == 0 else ""
 OTHER = {"nft": "legacy", "legacy": "nft"}
 SHIM = os.path.join(BIN, "iptables-shim")
 TOOLS_PATH = "/usr/bin:/bin"  # sh, setpriv, nsenter, ...: no iptables name lives there on this host
@@ -62,19 +64,6 @@ CALLERS = {
     "nobody": ["setpriv", "--reuid=%d" % NOBODY, "--regid=%d" % NOBODY, "--clear-groups"],
 }
 PRIVILEGED = {"root": True, "caps": True, "nobody": False, "userns": True, "userns-nested": True}
-
-
-def readable_by_nobody(path):
-    r = subprocess.run(["setpriv", "--reuid=%d" % NOBODY, "--regid=%d" % NOBODY, "--clear-groups",
-                        "test", "-r", path, "-a", "-x", os.path.dirname(path)],
-                       env={"PATH": TOOLS_PATH}, check=False)
-    return r.returncode == 0
-
-
-def needs_readable_checkout():
-    if not readable_by_nobody(os.path.join(BIN, "iptables-shim")):
-        pytest.skip("%s is not readable by uid %d (a 0700 directory above the checkout?): non-root "
-                    "callers cannot run this shim" % (BIN, NOBODY))
 
 
 # -- where callers find their binaries -------------------------------------------------------------
@@ -205,7 +194,6 @@ def test_caller_matrix_never_writes_into_the_other_backend(netns, shared_root, r
     write lands in the netns's backend, or gives what the alias gives (no privilege), or is refused
     in one line with nothing written. `shared`: the same cache directory was first used by the
     other callers (root, capability-only, unprivileged) reading the same netns."""
-    needs_readable_checkout()
     layout = Layout(shared_root, OTHER[rules_backend])
     holder = None
     if caller.startswith("userns"):
@@ -250,7 +238,6 @@ def test_capability_only_caller_never_splits_the_netns(netns, shared_root):
     """Item 1: uid 65534 with CAP_NET_ADMIN cannot read the 0440 /proc/net/ip_tables_names. That
     EACCES is an unknown fact, never "legacy holds nothing": the write lands in legacy (where the
     rules are) or is refused; it never reaches nft."""
-    needs_readable_checkout()
     layout = Layout(shared_root, "nft")
     netns.ok("iptables-legacy -A INPUT -j ACCEPT")
     env = layout.env("caps", IPTABLES_SHIM_CONTEXT="container", IPTABLES_SHIM_CACHE="off")
@@ -267,7 +254,6 @@ def test_unprivileged_caller_gets_exactly_what_the_alias_gives(netns, shared_roo
     call of its default alias gives — version, help, that binary's own "Permission denied" and exit
     code — byte for byte, whatever the rules (here: rules in the other backend, container context,
     the cache on)."""
-    needs_readable_checkout()
     layout = Layout(shared_root, alias)
     netns.ok(SEED[OTHER[alias]])
     cache = cache_dir_for(shared_root, NOBODY)

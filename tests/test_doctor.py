@@ -23,7 +23,7 @@ import uuid
 
 import pytest
 
-from conftest import BIN, SYSTEM_PATH
+from conftest import BIN, SYSTEM_PATH, bin_for_other_users
 from namespaces import Netns
 from shim_output import shim_error_line
 
@@ -296,7 +296,8 @@ def test_unprivileged_caller_marks_what_it_cannot_enter_unreadable(twenty, tmp_p
     _, cache_dir, by_case = twenty
     env = doctor_env(cache_dir)
     prom = tmp_path_factory_free_dir()
-    cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", SHIM, "doctor",
+    shim = os.path.join(bin_for_other_users(), "iptables-shim")  # a checkout under /root: a readable copy
+    cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", shim, "doctor",
            "--json", "--prometheus", os.path.join(prom, "doctor.prom"), "--netns", by_case["split"].path]
     r = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
     assert r.returncode == 1, r.stderr.decode()

@@ -22,7 +22,7 @@ import threading
 
 import pytest
 
-from conftest import BIN, REPO, SYSTEM_PATH, cache_files, shim_env
+from conftest import BIN, REPO, SYSTEM_PATH, bin_for_other_users, cache_files, shim_env
 from namespaces import Netns, call
 from shim.tools import SHIM_NAMES, all_variant_names
 from shim_output import shim_error_line
@@ -127,14 +127,7 @@ def test_unreadable_path_entry_for_an_unprivileged_caller(netns, tmp_path):
     try:
         marker = os.path.join(top, "marker")
         closed = evil_dir(os.path.join(top, "closed"), marker, mode=0o000)
-        # The caller runs a copy of the checkout's bin/ and shim/ that it can read: a checkout under
-        # /root (0700, where root naturally clones) is out of nobody's reach.
-        shim_copy = os.path.join(top, "checkout")
-        for part in ("bin", "shim"):
-            shutil.copytree(os.path.join(REPO, part), os.path.join(shim_copy, part), symlinks=True,
-                            ignore=shutil.ignore_patterns("__pycache__"))
-        subprocess.run(["chmod", "-R", "a+rX", shim_copy], check=True)
-        env = shim_env(os.path.join(top, "cache"), path=os.path.join(shim_copy, "bin") + ":" + closed + ":" + SYSTEM_PATH,
+        env = shim_env(os.path.join(top, "cache"), path=bin_for_other_users() + ":" + closed + ":" + SYSTEM_PATH,
                        IPTABLES_SHIM_MODE="nft", IPTABLES_SHIM_DEBUG="1")
         proc, _ = call(netns, ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
                                "iptables", "--version"], env)
