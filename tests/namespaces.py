@@ -19,7 +19,7 @@ NSENTER = "/usr/bin/nsenter"  # by absolute path: the commands' own PATH may be 
 PREFIX = "shimtest-"
 
 # Put ahead of a snippet sent into a netns: the checkout's shim importable, json at hand.
-SNIPPET_PRELUDE = "import json, sys\nsys.path.insert(0, %r)\n" % REPO
+SNIPPET_PRELUDE = "import json, sys\nsys.path.insert(0, %r)\n"
 
 
 class Netns(object):
@@ -63,11 +63,12 @@ class Netns(object):
         assert r.returncode == 0, (script, r.stderr)
         return r.stdout.decode()
 
-    def python(self, snippet, *args, wrap=()):
-        """Run a Python snippet here (isolated: -I -S, the checkout's shim on sys.path, `json` and
+    def python(self, snippet, *args, wrap=(), repo=REPO):
+        """Run a Python snippet here (isolated: -I -S, the shim of `repo` on sys.path, `json` and
         `sys` imported; sys.argv[1:] = args; under the `wrap` argv prefix: strace, setpriv, ...)
-        and return what it printed, parsed as JSON."""
-        argv = list(wrap) + ["/usr/bin/python3", "-I", "-S", "-c", SNIPPET_PRELUDE + snippet] + list(args)
+        and return what it printed, parsed as JSON. A snippet run as another user takes
+        repo=os.path.dirname(conftest.bin_for_other_users())."""
+        argv = list(wrap) + ["/usr/bin/python3", "-I", "-S", "-c", SNIPPET_PRELUDE % repo + snippet] + list(args)
         r = self.run(argv)
         assert r.returncode == 0, (snippet, r.stderr.decode("utf-8", "replace"))
         return json.loads(r.stdout.decode())

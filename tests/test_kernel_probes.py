@@ -14,7 +14,7 @@ import os
 
 import pytest
 
-from conftest import BIN, shim_env
+from conftest import BIN, bin_for_other_users, shim_env
 from rootfs import ADDR4, MARK, WRITE4, WRITE6, landed
 from shim_output import shim_error_line
 
@@ -323,4 +323,6 @@ def test_unreadable_legacy_table_list_is_unknown_not_empty(netns):
     code = ("from shim.facts import legacy_kernel\nfrom shim.facts.xtables import Unavailable\n"
             "try:\n    print(json.dumps(legacy_kernel.probe()))\n"
             "except Unavailable as e:\n    print(json.dumps(str(e)))\n")
-    assert netns.python(code, wrap=CAP_NET_ADMIN_ONLY) == "cannot read /proc/net/ip_tables_names: Permission denied"
+    readable = os.path.dirname(bin_for_other_users())  # a checkout under /root: uid 65534's copy
+    assert netns.python(code, wrap=CAP_NET_ADMIN_ONLY, repo=readable) == \
+        "cannot read /proc/net/ip_tables_names: Permission denied"
