@@ -2,7 +2,7 @@
 """What `iptables-shim doctor` costs on a node with many network namespaces, beside the peers' way.
 One command, as root (never touches the machine's own netns; every namespace it makes is deleted):
 
-    sudo /usr/bin/python3 bench/doctor.py           # ~1-2 min; --netns N (default 1000), --reps R
+    /usr/bin/python3 bench/doctor.py                # as root, ~1-2 min; --netns N (default 1000), --reps R
 
 1. N named namespaces (`ip -batch`), each with a few rules loaded by `*-restore` (two thirds nft,
    one third legacy, as a node mid-migration), plus two with 100,000 rules each (one nft, one
