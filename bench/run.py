@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """What a call through the shim costs, side by side with what it replaces. One command, as root:
 
-    sudo /usr/bin/python3 bench/run.py            # ~1-2 minutes; --reps N (default 50), --json FILE,
+    /usr/bin/python3 bench/run.py                 # ~1-2 minutes; --reps N (default 50), --json FILE,
                                                   # --frozen dist/iptables-shim (issue 4's ratio too)
 
 Every scenario runs in its own fresh network namespace (`unshare -n`; the machine's own rules are
@@ -193,7 +193,7 @@ def main():
     if args[:1] == ["--worker"]:
         return worker(args[1], int(args[2]))
     if os.geteuid() != 0:
-        raise SystemExit("run as root: every scenario needs its own network namespace (sudo %s %s)"
+        raise SystemExit("run as root: every scenario needs its own network namespace (as root: %s %s)"
                          % (PYTHON, " ".join(sys.argv)))
     reps = int(args[args.index("--reps") + 1]) if "--reps" in args else 50
     json_out = args[args.index("--json") + 1] if "--json" in args else None
