@@ -193,7 +193,7 @@ def main():
     if args[:1] == ["--worker"]:
         return worker(args[1], int(args[2]))
     if os.geteuid() != 0:
-        raise SystemExit("run as root: every scenario needs its own network namespace (as root: %s %s)"
+        raise SystemExit("run as root: every scenario needs its own network namespace (%s %s)"
                          % (PYTHON, " ".join(sys.argv)))
     reps = int(args[args.index("--reps") + 1]) if "--reps" in args else 50
     json_out = args[args.index("--json") + 1] if "--json" in args else None
