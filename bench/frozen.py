@@ -41,7 +41,10 @@ def measure(frozen, onefile, n):
         for i, (label, argv, bindir) in enumerate(cases):
             cache = os.path.join(tmp, str(i))
             os.mkdir(cache, 0o700)
-            env = {"PATH": (bindir + ":" if bindir else "") + SYSTEM_PATH, "IPTABLES_SHIM_CACHE_DIR": cache}
+            # Container context: the hint decides (step 3) and is cached; a host-context call is
+            # answered by its own facts and never cached (README "Cache").
+            env = {"PATH": (bindir + ":" if bindir else "") + SYSTEM_PATH, "IPTABLES_SHIM_CACHE_DIR": cache,
+                   "IPTABLES_SHIM_CONTEXT": "container"}
             for _ in range(3):  # warm: page cache and the shim's per-netns entry
                 spawn_time(argv, env)
             if bindir and not os.listdir(cache):
