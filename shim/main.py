@@ -1,7 +1,8 @@
 """name -> facts -> decision -> exec, for one call of a shimmed name.
 
 The hot path (a cache hit, or an answer from the caller's own facts) imports only this module,
-config, resolve, cache, netns, binaries, context, privilege, policy, log and execute, all on the
+config, resolve, cache, netns, binaries, context, privilege, policy and execute (and log where a
+log file is set), all on the
 builtin posix module rather than os (about a millisecond a call: tests/test_hot_path.py). The
 fact gathering in shim.gather is imported on the cold path only.
 """
@@ -9,7 +10,7 @@ fact gathering in shim.gather is imported on the cold path only.
 import posix
 import sys
 
-from shim import cache, log
+from shim import cache
 from shim.config import DEBUG, LOG, SYSLOG, load_settings
 from shim.errors import ShimError
 from shim.execute import exec_real
@@ -49,7 +50,9 @@ def report(r, settings):
     log_path, debug = settings.get(LOG), settings.get(DEBUG) == "1"
     new = r.source in ("facts", "memory") and r.decision.step not in (0, 2)
     if not (log_path or debug or new):
-        return
+        return  # a cache hit without a log file: shim.log is not even imported
+    from shim import log
+
     line = log.format_line(r.name, r.binary, r.decision, r.how, r.cache_key)
     if log_path:
         log.append(log_path, line)
