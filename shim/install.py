@@ -375,6 +375,18 @@ def alternatives_state(target):
     return tool, admin, _groups(admin), read_record(), shim_names_beside(target)
 
 
+def refuse_hand_registration(groups, target, tool, outcome):
+    """Called where no record says `install --alternatives` registered the shim: one error line if
+    an alternative of any group leads to the shim all the same (someone registered it by hand)."""
+    own = _identity(target)
+    for name, group in sorted(groups.items()):
+        mine = next((p for p in group.paths() if _identity(p) == own), None)
+        if mine:
+            raise ShimError("the shim (%s) is an alternative of %s that `install --alternatives` did "
+                            "not put there (no %s): %s; `%s --remove %s %s` removes it"
+                            % (mine, name, STATE_FILE, outcome, tool, name, mine))
+
+
 def install_alternatives(target):
     """[(group, shim path, action)] with action "registered" or "already this shim"."""
     target = os.path.realpath(target)
@@ -392,12 +404,8 @@ def install_alternatives(target):
             done.append((name, path, "already this shim"))
         return done
     aliases, groups_rec, commands = {}, {}, []
+    refuse_hand_registration(groups, target, tool, "nothing was installed")
     for name, g in sorted(groups.items()):
-        mine = [p for p in g.paths() if _identity(p) == _identity(target)]
-        if mine:
-            raise ShimError("the shim (%s) is already an alternative of %s, but not by `install "
-                            "--alternatives` (no %s): remove it with `%s --remove %s %s` first"
-                            % (mine[0], name, STATE_FILE, tool, name, mine[0]))
         if g.value is None or g.value not in g.paths() or g.mode not in ("auto", "manual"):
             raise ShimError("the %s alternative is broken (%s points to %s): repair it with `%s --config "
                             "%s` first; nothing was changed" % (name, os.path.join(ALT_LINKS, name), g.value,
@@ -440,12 +448,7 @@ def uninstall_alternatives(target):
     target = os.path.realpath(target)
     tool, admin, groups, record, names = alternatives_state(target)
     if record is None:
-        for name, g in sorted(groups.items()):
-            mine = [p for p in g.paths() if _identity(p) == _identity(target)]
-            if mine:
-                raise ShimError("the shim (%s) is an alternative of %s, but `install --alternatives` did "
-                                "not put it there (no %s): leaving it; `%s --remove %s %s` removes it"
-                                % (mine[0], name, STATE_FILE, tool, name, mine[0]))
+        refuse_hand_registration(groups, target, tool, "leaving it")
         return []
     commands = []
     for name, (mode, value, path, priority) in sorted(record.groups.items()):
