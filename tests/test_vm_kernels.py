@@ -147,13 +147,17 @@ b=$(mods); hidden unshare -n /usr/sbin/iptables-legacy -S 2>&1 | tail -n 2; echo
 section "autoload legacy visible"
 b=$(mods); unshare -n /usr/sbin/iptables-legacy -S >/dev/null 2>&1; echo "before: $b"; echo "after: $(mods)"
 echo "netlink12: $(nl12)"
-# -- 1. ip_tables loaded, legacy rules in a netns (nf_tables still not loaded) ------------------
-ip netns add shimvm-legacy
-nsenter --net=/run/netns/shimvm-legacy /usr/sbin/iptables-legacy -A FORWARD -s 192.0.2.9 -j ACCEPT
-for where in visible hidden; do
-    cold_case "legacy loaded $where rules" $where /tmp/nftalias shimvm-legacy
-    cold_case "legacy loaded $where empty" $where /tmp/nftalias new
-done
+# -- 1. a backend loaded, with rules in a netns: cold decisions there and in a new netns --------
+loaded_cases() {  # BACKEND RULE-SOURCE ALIAS-DIR (the alias on the other backend)
+    ip netns add shimvm-$1
+    nsenter --net=/run/netns/shimvm-$1 /usr/sbin/iptables-$1 -A FORWARD -s $2 -j ACCEPT
+    for where in visible hidden; do
+        cold_case "$1 loaded $where rules" $where $3 shimvm-$1
+        cold_case "$1 loaded $where empty" $where $3 new
+    done
+}
+# ip_tables loaded, legacy rules (nf_tables still not loaded)
+loaded_cases legacy 192.0.2.9 /tmp/nftalias
 # -- autoload, nf_tables side ------------------------------------------------------------------
 section "autoload netlink hidden"
 b=$(mods); n=$(nl12); hidden unshare -n python3 -c '
@@ -168,12 +172,7 @@ s.sendto(struct.pack("=IHHII", 20, (10 << 8) | 1, 1 | 0x300, 1, 0) + bytes(4), (
 print("reply type", struct.unpack("=IHHII", s.recv(65536)[:16])[1])'
 echo "before: $b"; echo "after: $(mods)"
 # -- 1. nf_tables loaded, nft rules in a netns --------------------------------------------------
-ip netns add shimvm-nft
-nsenter --net=/run/netns/shimvm-nft /usr/sbin/iptables-nft -A FORWARD -s 192.0.2.8 -j ACCEPT
-for where in visible hidden; do
-    cold_case "nft loaded $where rules" $where /tmp/legacyalias shimvm-nft
-    cold_case "nft loaded $where empty" $where /tmp/legacyalias new
-done
+loaded_cases nft 192.0.2.8 /tmp/legacyalias
 # -- 2. decisions with the real binaries, read back from the kernel ----------------------------
 mkimage /tmp/real-nft nft real nft legacy
 mkimage /tmp/real-legacy legacy real nft legacy
