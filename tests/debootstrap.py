@@ -1,13 +1,23 @@
 """Debian trees for the tests: a debootstrap started in the background (so that several suites
-download at once) and finished later, marked done only when it succeeded. Used by the image tests
-(tests/images) and the VM disks (tests/vm.py)."""
+download at once) and finished later, marked done only when it succeeded; and the timestamped
+progress log of the workspaces that build them. Used by the image tests (tests/images) and the VM
+disks (tests/vm.py)."""
 
 import os
 import shutil
 import subprocess
+import sys
 import time
 
 MIRROR = os.environ.get("IPTABLES_SHIM_MIRROR", "http://deb.debian.org/debian")
+
+
+def log_line(logfile, tag, msg):
+    """One timestamped line in a workspace's log file, and on stderr (shown with pytest -s)."""
+    line = "%s %s" % (time.strftime("%H:%M:%S"), msg)
+    with open(logfile, "a") as f:
+        f.write(line + "\n")
+    sys.stderr.write("[%s] %s\n" % (tag, line))
 
 
 class Debootstrap(object):

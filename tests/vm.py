@@ -146,10 +146,7 @@ class VMs(object):
             shutil.rmtree(self.root, ignore_errors=True)
 
     def log(self, msg):
-        line = "%s %s" % (time.strftime("%H:%M:%S"), msg)
-        with open(self.logfile, "a") as f:
-            f.write(line + "\n")
-        sys.stderr.write("[vm] " + line + "\n")
+        debootstrap.log_line(self.logfile, "vm", msg)
 
     def _run(self, cmd, what, timeout=1800, **kw):
         t0 = time.monotonic()

@@ -15,7 +15,6 @@ import hashlib
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 
@@ -101,10 +100,7 @@ class Workspace(object):
 
     # -- logging and running -------------------------------------------------------------------
     def log(self, msg):
-        line = "%s %s" % (time.strftime("%H:%M:%S"), msg)
-        with open(self.logfile, "a") as f:
-            f.write(line + "\n")
-        sys.stderr.write("[images] " + line + "\n")
+        debootstrap.log_line(self.logfile, "images", msg)
 
     def run(self, cmd, what=None, check=True, timeout=1200, **kw):
         t0 = time.monotonic()
