@@ -25,7 +25,6 @@ def explain_report(family, environ, shim_path, tree=None):
     from shim.resolve import resolve
 
     settings = load_settings(environ, tree)
-    settings["PATH"] = environ.get("PATH")
     r = resolve(family, settings, shim_path, consult_cache=False, gather_all=True)
     c = r.caller
     d = r.decision

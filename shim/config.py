@@ -105,8 +105,9 @@ def parse(data, path):
 def load_settings(environ, tree=None):
     """{name: value} of every setting that is set: the environment first, then the configuration
     file (IPTABLES_SHIM_CONFIG or /etc/iptables-shim.conf), then `tree`/iptables-shim.conf. An empty
-    environment value counts as unset."""
-    settings = {}
+    environment value counts as unset. Plus PATH, the caller's own (never from a file): what a
+    resolution searches."""
+    settings = {"PATH": environ.get("PATH")}
     files = [environ.get(CONFIG_ENV) or CONFIG_FILE]
     if tree:
         files.append(tree + "/" + TREE_CONFIG)

@@ -28,7 +28,6 @@ def run_tool(name, argv, environ, shim_path, tree=None):
             % (shim_path, started_by)
         )
     settings = load_settings(environ, tree)
-    settings["PATH"] = environ.get("PATH")
     r = resolve(name, settings, shim_path)
     if r.error:
         raise ShimError(r.error)

@@ -63,7 +63,6 @@ def load_settings(tree=None):
         settings = load(os.environ, tree)
     except ShimError as e:
         raise DoctorError(str(e))
-    settings["PATH"] = os.environ.get("PATH", "")  # the node's own PATH: what its calls search
     return settings
 
 

@@ -28,8 +28,8 @@ def test_bad_content_is_one_line_naming_file_and_line(data, says):
 
 def test_environment_wins_and_empty_environment_values_count_as_unset(tmp_path):
     missing = str(tmp_path / "none.conf")
-    assert load_settings({"IPTABLES_SHIM_CONFIG": missing, MODE: "nft"}) == {MODE: "nft"}
-    assert load_settings({"IPTABLES_SHIM_CONFIG": missing, MODE: ""}) == {}
+    assert load_settings({"IPTABLES_SHIM_CONFIG": missing, MODE: "nft", "PATH": "/p"}) == {MODE: "nft", "PATH": "/p"}
+    assert load_settings({"IPTABLES_SHIM_CONFIG": missing, MODE: ""}) == {"PATH": None}
 
 
 def test_invalid_environment_value_names_the_variable():
