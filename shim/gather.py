@@ -3,17 +3,16 @@ the override, the caller's own facts and the cache cannot answer (tests/test_hot
 
 from shim.facts import binaries, netns, rules
 from shim.policy import Facts
-from shim.tools import BACKENDS, FAMILIES, SHIM_NAMES, TOOL_SUFFIXES, all_variant_names, variant_name
+from shim.tools import BACKENDS, FAMILIES, TOOL_SUFFIXES, variant_name
 
 
 class Gathered(object):
     """The facts the policy reads, and what explain reports about where they came from."""
 
-    __slots__ = ("facts", "found", "states", "netns_kind", "path_dirs")
+    __slots__ = ("facts", "states", "netns_kind", "path_dirs")
 
-    def __init__(self, facts, found, states, netns_kind, path_dirs):
+    def __init__(self, facts, states, netns_kind, path_dirs):
         self.facts = facts
-        self.found = found  # {name: path} of every iptables name on PATH, shims skipped
         self.states = states  # {backend: rules.BackendState}
         self.netns_kind = netns_kind
         self.path_dirs = path_dirs
@@ -31,12 +30,9 @@ def save_binaries(backend, found, alias_backend):
     return paths
 
 
-def gather(caller, path_env, shim_ids, proc="/proc"):
-    """Gathered for this netns. `caller` is the caller's own facts (shim.resolve.CallerFacts)."""
-    from shim.resolve import with_recorded_aliases
-
-    found = with_recorded_aliases(
-        binaries.find_on_path(all_variant_names() + sorted(SHIM_NAMES), path_env, shim_ids), shim_ids)
+def gather(caller, found, path_env, proc="/proc"):
+    """Gathered for this netns. `caller` is the caller's own facts (shim.resolve.CallerFacts),
+    `found` every iptables name on the caller's PATH (shims skipped, recorded aliases added)."""
     states = {}
     for backend in BACKENDS:
         save_paths = save_binaries(backend, found, caller.alias_backend)
@@ -52,4 +48,4 @@ def gather(caller, path_env, shim_ids, proc="/proc"):
         privileged=caller.privileged,
         support=caller.support,
     )
-    return Gathered(facts, found, states, netns.netns_kind(proc), binaries.search_dirs(path_env))
+    return Gathered(facts, states, netns.netns_kind(proc), binaries.search_dirs(path_env))

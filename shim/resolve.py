@@ -23,7 +23,7 @@ from shim.errors import ShimError
 from shim.facts import netns
 from shim.facts.binaries import alias_backend, find_on_path, identity
 from shim.policy import CACHEABLE_STEPS, Decision, Facts, Undecided, choose_binary, decide, override
-from shim.tools import BACKENDS, FAMILIES, TOOL_SUFFIXES, split_name, variant_name
+from shim.tools import BACKENDS, FAMILIES, SHIM_NAMES, TOOL_SUFFIXES, all_variant_names, split_name, variant_name
 
 ALIAS_ORDER = tuple(family + suffix for family in FAMILIES for suffix in TOOL_SUFFIXES)
 UNREAD = {"nft": None, "legacy": None}
@@ -118,7 +118,7 @@ def answers_alone(caller):
 
 def resolve(name, settings, shim_path, consult_cache=True, gather_all=False, proc="/proc"):
     """The Resolution of `name` (one of the six shimmed names) for this caller in this netns.
-    `settings`: shim.config.load_settings() plus PATH. consult_cache=False: decide afresh (the
+    `settings`: shim.config.load_settings() (PATH included). consult_cache=False: decide afresh (the
     entry is still read, into .cached). gather_all: every fact, even where fewer would answer
     (explain, doctor); the decision is the same."""
     r = Resolution(name)
@@ -202,12 +202,14 @@ def _by_facts(r, settings, shim_ids, shim_path, proc):
     """The cold path: every fact, kernel probes included, then the policy."""
     from shim.gather import gather
 
-    if r.found is None:
-        _search(r, settings, shim_ids, shim_path, proc)
+    found = with_recorded_aliases(
+        find_on_path(all_variant_names() + sorted(SHIM_NAMES), settings.get("PATH"), shim_ids), shim_ids)
+    if r.found is None:  # the caller's alias facts are not read yet (the same alias: ALIAS_ORDER)
+        add_alias_facts(r.caller, found, shim_path, proc)
     if not r.caller.support:
         r.caller.support, r.caller.support_why = kernel_support(proc)
-    g = gather(r.caller, settings.get("PATH"), shim_ids, proc)
-    r.facts, r.states, r.found = g.facts, g.states, g.found
+    g = gather(r.caller, found, settings.get("PATH"), proc)
+    r.facts, r.states, r.found = g.facts, g.states, found
     r.netns_kind, r.path_dirs = g.netns_kind, g.path_dirs
     r.facts.mode = settings.get(MODE)
     r.decision, r.source = decide(r.facts), "facts"
@@ -234,7 +236,7 @@ def _choose(r, shim_path):
 
 def _what_to_store(r):
     """(directory, key) to store r.decision under once its binary runs, or None; sets r.how."""
-    if r.source != "facts" and r.source != "memory":
+    if r.source not in ("facts", "memory"):
         return None
     if r.source == "memory":
         r.how = "no rules now; remembered from %s/%s" % (r.cache_dir, netns.inode_key())
