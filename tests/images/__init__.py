@@ -130,6 +130,13 @@ class Workspace(object):
     def frozen(self):
         """dist/ with iptables-shim/ (onedir) and onefile/, built by packaging/build.sh in a
         bullseye tree of its own; rebuilt when shim/ or packaging/ changed."""
+        import fcntl
+        # Several suites (and developers' runs) may ask at once: one builds, the others wait.
+        with open(os.path.join(self.root, "dist.lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return self._frozen()
+
+    def _frozen(self):
         key = source_key()
         out = os.path.join(self.root, "dist")
         stamp = os.path.join(out, ".source-key")
