@@ -1,7 +1,8 @@
 """`iptables-shim`: the shim's own command, for people and tools asking why.
 
 Every verb works on Debian's python3-minimal (no `json` module: shim.jsontext) or says in one
-`iptables-shim:` line what it lacks."""
+`iptables-shim:` line what it lacks. Started by shim.main, which owns the process's environment
+and hands it in: this module imports nothing of main (tests/unit/test_imports.py)."""
 
 import sys
 
@@ -10,12 +11,6 @@ from shim.tools import BACKENDS
 
 USAGE = ("usage: iptables-shim explain [--json] [--family iptables|ip6tables] | doctor [--json] "
          "[--prometheus FILE] [--netns PATH]... | install DIR|--alternatives | uninstall DIR|--alternatives")
-
-
-def environment():
-    from shim.main import environment as read
-
-    return read()
 
 
 def explain_report(family, environ, shim_path, tree=None):
@@ -162,7 +157,7 @@ def run_uninstall(rest, shim_path):
     return 0
 
 
-def run_explain(rest, shim_path, tree):
+def run_explain(rest, environ, shim_path, tree):
     from shim.jsontext import dumps
 
     as_json = "--json" in rest
@@ -172,12 +167,12 @@ def run_explain(rest, shim_path, tree):
         family, unknown = unknown[1], []
     if unknown:
         raise ShimError("unexpected argument %r; %s" % (unknown[0], USAGE))
-    report = explain_report(family, environment(), shim_path, tree)
+    report = explain_report(family, environ, shim_path, tree)
     sys.stdout.write(dumps(report) + "\n" if as_json else format_text(report))
     return 0
 
 
-def run_doctor(rest, shim_path, tree):
+def run_doctor(rest, environ, shim_path, tree):
     try:
         from shim import doctor
     except ImportError as e:
@@ -188,12 +183,13 @@ def run_doctor(rest, shim_path, tree):
 VERBS = {
     "explain": run_explain,
     "doctor": run_doctor,
-    "install": lambda rest, shim_path, tree: run_install(rest, shim_path),
-    "uninstall": lambda rest, shim_path, tree: run_uninstall(rest, shim_path),
+    "install": lambda rest, environ, shim_path, tree: run_install(rest, shim_path),
+    "uninstall": lambda rest, environ, shim_path, tree: run_uninstall(rest, shim_path),
 }
 
 
-def run(args, shim_path, tree=None):
+def run(args, environ, shim_path, tree=None):
+    """`iptables-shim ARGS`; `environ`: the caller's environment as str (shim.main.environment)."""
     if not args:
         raise ShimError("a command is needed; %s" % USAGE)
     if args[0] in ("-h", "--help", "help"):
@@ -203,7 +199,7 @@ def run(args, shim_path, tree=None):
     if verb is None:
         raise ShimError("unknown command %r; %s" % (args[0], USAGE))
     try:
-        return verb(args[1:], shim_path, tree)
+        return verb(args[1:], environ, shim_path, tree)
     except ImportError as e:  # python3-minimal: a module this verb needs is not installed
         raise ShimError("%s needs the Python module %r, which this Python lacks (Debian: install "
                         "python3, not only python3-minimal)" % (args[0], e.name))

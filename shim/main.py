@@ -5,6 +5,10 @@ config, resolve, cache, netns, binaries, context, privilege, policy and execute 
 log file is set), all on the
 builtin posix module rather than os (about a millisecond a call: tests/test_hot_path.py). The
 fact gathering in shim.gather is imported on the cold path only.
+
+This module owns the process: its environment (environment()) and the entry (main()). shim.cli,
+the `iptables-shim` verbs, is handed the environment and imports nothing from here, so the
+imports run one way (tests/unit/test_imports.py).
 """
 
 import posix
@@ -78,7 +82,7 @@ def main(argv, shim_path, tree=None):
         if name == CLI_NAME:
             from shim.cli import run
 
-            return run(argv[1:], shim_path, tree)
+            return run(argv[1:], environment(), shim_path, tree)
         if name not in SHIM_NAMES:
             raise ShimError(
                 "called as %r, which is not a name the shim serves (%s)"
