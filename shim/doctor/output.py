@@ -85,20 +85,24 @@ def table(report):
         lines.append("")
     for ns, p in details:
         lines.append("%s: %s: %s" % (who_text(ns).split(" ", 1)[0], p["kind"], p["detail"]))
-    c = report["counts"]
     lines.append("")
-    lines.append("%d namespaces audited, %d gone during the audit, %d with problems in %.2f s%s" % (
-        c["audited"], c["gone"], c["with_problems"], report["duration_seconds"],
-        "" if not c["with_problems"] else ": " + ", ".join(
-            "%s %d" % (k, c["problems"][k]) for k in KINDS if c["problems"][k])))
+    lines.append(summary_line(report["counts"], report["duration_seconds"]))
     for hidden in report.get("hidden_processes", ()):
         lines.append("not audited: the network namespace of PID %s (%s; their namespaces are audited "
                      "where a name or another process leads to them)"
                      % (",".join(str(p) for p in hidden["pids"][:10]) + (",..." if len(hidden["pids"]) > 10
                                                                           else ""), hidden["why"]))
     lines.append("decision: backend/step the node's own iptables would use there (ctr: a caller in "
-                 "a container, which the cache serves); README \"Auditing a node: doctor\"")
+                 "a container, which the cache serves); docs/doctor.md")
     return "\n".join(lines) + "\n"
+
+
+def summary_line(c, duration):
+    """The table's last word: `c` is the report's counts."""
+    found = ", ".join("%s %d" % (k, c["problems"][k]) for k in KINDS if c["problems"][k])
+    return "%d namespace%s audited, %d gone during the audit, %d with problems in %.2f s%s" % (
+        c["audited"], "" if c["audited"] == 1 else "s", c["gone"], c["with_problems"], duration,
+        ": " + found if c["with_problems"] else "")
 
 
 # -- node_exporter textfile collector ------------------------------------------------------------
