@@ -5,7 +5,7 @@ written; anything else is ignored and, for entries, replaced.
 
 Read on every call (a cache hit), so it uses the builtin posix module, not os: importing os costs
 about a millisecond, as much as the rest of the shim's own work on a hit (tests/test_hot_path.py).
-What is stored, and why only that: README "Cache".
+What is stored, and why only that: docs/decision.md#cache.
 """
 
 import posix

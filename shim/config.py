@@ -1,7 +1,7 @@
 """Settings: the environment, then /etc/iptables-shim.conf, then a file beside a frozen tree.
 
 Callers such as conmon, sudo, systemd units, ufw-init and netfilter-persistent reset the
-environment, and a setting must hold for every call of a netns (README "Configuration"): the file
+environment, and a setting must hold for every call of a netns (docs/configuration.md): the file
 holds the same names as the environment, in lines NAME=VALUE, `#` comments. It is trusted only when
 root-owned and not group- or world-writable; anything else is one clear error, nothing executed.
 

@@ -1,4 +1,4 @@
-"""What the shim says about a call, never on the caller's streams (README "Logging").
+"""What the shim says about a call, never on the caller's streams (docs/configuration.md#logging).
 
 Callers parse stdout and stderr (dockerd takes any output of `iptables -N` as a failure), so a call
 is recorded in a log file (IPTABLES_SHIM_LOG: one line per call, one write(2) on an O_APPEND

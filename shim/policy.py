@@ -11,7 +11,8 @@
 7. nft binaries exist: nft; else legacy binaries: legacy; else an error.
 
 Steps 2, 6 and 7 only express a preference: they never pick a backend the kernel cannot run here
-(README "Kernels"). Only steps 3-5 rest on the netns alone, so only they are cached (README "Cache").
+(docs/kernels.md). Only steps 3-5 rest on the netns alone, so only they are cached
+(docs/decision.md#cache).
 """
 
 from shim.errors import ShimError

@@ -7,7 +7,8 @@ there is no second route to an answer. In the order that costs least:
 2. the caller's own facts, read on every call in a few system calls: its context, its privilege,
    the default alias on its PATH and the kernel's support for the alias's backend. They answer
    alone where the policy needs nothing else (no privilege: step 0; host context: step 2), which is
-   why those answers are never cached: they belong to the caller, not the netns (README "Cache");
+   why those answers are never cached: they belong to the caller, not the netns
+   (docs/decision.md#cache);
 3. the per-netns cache, which holds only the answers of steps 3-5 (the netns's own rules and hints);
 4. the cold path (shim.gather): every fact, kernel probes included, then the policy.
 
@@ -154,8 +155,8 @@ def resolve(name, settings, shim_path, consult_cache=True, gather_all=False, pro
 def with_recorded_aliases(found, shim_ids):
     """`found` plus, for the plain names PATH gave nothing for, the choice `install
     --alternatives` recorded before it made the shim the alternative (PATH's /usr/sbin/iptables
-    then leads to the shim and is skipped): that choice is the default alias (README "Install and
-    uninstall"). One stat where nothing was installed that way."""
+    then leads to the shim and is skipped): that choice is the default alias (docs/install.md).
+    One stat where nothing was installed that way."""
     if all(name in found for name in ALIAS_ORDER):
         return found
     from shim.install import STATE_FILE, recorded_aliases
@@ -261,7 +262,7 @@ def _remembered(r, proc):
     emptied or not), which a new netns that reuses the inode never has from us. Used only when no
     backend holds a rule or hint now (the caller reached step 6 or 7): then it keeps a flushed
     ruleset in its backend (`iptables-save > f; iptables -F; iptables -X; iptables-restore < f`).
-    README "Kernels without a netns cookie"."""
+    docs/decision.md#kernels-without-a-netns-cookie."""
     from shim.facts.rules import trace
 
     key = netns.inode_key()

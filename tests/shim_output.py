@@ -8,7 +8,7 @@ from shim.log import parse_line
 from shim.tools import CLI_NAME
 
 ERROR_PREFIX = CLI_NAME + ": "
-SHIM_FAILED = 127  # README "How it decides": the shim's own failures exit 127 and execute nothing
+SHIM_FAILED = 127  # docs/decision.md: the shim's own failures exit 127 and execute nothing
 
 
 def is_shim_error(proc, returncode=SHIM_FAILED):

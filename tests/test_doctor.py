@@ -1,4 +1,4 @@
-"""`iptables-shim doctor` on the real kernel (README "Auditing a node: doctor").
+"""`iptables-shim doctor` on the real kernel (docs/doctor.md).
 
 Twenty network namespaces, each set up with the real binaries to hold one case, audited at once:
 the right problems for each in the table, the JSON and the Prometheus file; every namespace and the

@@ -218,8 +218,9 @@ def test_recycled_netns_never_inherit_a_decision(tmp_path, cookie):
     would carry over into the wrong backend. With the cookie (never reused) as the key, none does;
     an entry planted under the inode key (what a st_dev:st_ino key would look up) is not consulted.
     Without a cookie (SO_NETNS_COOKIE refused as an older kernel does), decisions are stored under
-    the inode but consulted only where no backend holds a rule (README "Kernels without a netns
-    cookie"): a wrong entry planted under it changes nothing here, where every netns holds rules.
+    the inode but consulted only where no backend holds a rule
+    (docs/decision.md#kernels-without-a-netns-cookie): a wrong entry planted under it changes
+    nothing here, where every netns holds rules.
     A plain st_dev:st_ino key the shim once had made new netns inherit dead ones' decisions."""
     import random
 

@@ -1,4 +1,4 @@
-"""The kernel probes on a real kernel (README "How it decides"). They see both backends whatever
+"""The kernel probes on a real kernel (docs/decision.md). They see both backends whatever
 binaries an image has (so the shim refuses instead of writing where the host does not read), their
 cost does not grow with the ruleset, they change nothing, they see what iptables-nft-save hides,
 and where the kernel refuses them the `*-save` probe answers and `explain` says so. What they

@@ -3,7 +3,7 @@
 python3-minimal is the smallest Python Debian ships and common in slim images: no `json`, no
 `ctypes` (no `_ctypes`), a fraction of the standard library. Each verb must work there or print
 ONE `iptables-shim:` line naming what it lacks, never a traceback; `iptables -S` through the shim
-must work; and the image of README "Contexts supported" whose only names are plain `iptables*`
+must work; and the image of docs/callers.md#contexts-supported whose only names are plain `iptables*`
 pointing at legacy (kubelet's hint in legacy, junk in nft) must get legacy, the legacy facts
 coming from the alias's own `iptables-save` where ctypes is missing.
 

@@ -22,7 +22,7 @@ Peers, as read in their sources (read only; each is restated here as a few lines
   (if it works).
 - kind: kind's node entrypoint select_iptables: `-` lines, legacy >= nft -> legacy, else nft.
 
-The shim (README "How it decides"), in a container context whose image aliases `alias`: a hint in
+The shim (docs/decision.md), in a container context whose image aliases `alias`: a hint in
 exactly one backend; else nft if it holds a rule; else legacy if it does; else the image's alias.
 A rule is an `-A`: never a chain, a policy, an empty table, or a native nft table.
 

@@ -1,6 +1,6 @@
 """Debian's own modular kernels (bullseye 5.10, bookworm 6.1, trixie 6.12) booted under qemu: no
 module load from detection, the decisions read back from the kernel, kernels without a backend,
-and the kernel without a netns cookie. README "Kernels" has the findings and the table.
+and the kernel without a netns cookie. docs/kernels.md has the findings and the table.
 
 Each suite boots once for the main scenarios (a boot costs 20-40 s under TCG), batched into one
 script whose sections the tests read: first everything that needs a cold kernel (nothing of
@@ -316,7 +316,7 @@ def test_loaded_backend_with_rules_decides_it(suite, case, backend):
     assert re.search(r"iptables-%s\b" % backend, out), out
 
 
-# -- README "Kernels": what the kernel loads by itself ---------------------------------------------
+# -- docs/kernels.md: what the kernel loads by itself ---------------------------------------------
 
 @pytest.mark.parametrize("suite", SUITES)
 def test_kernel_never_loads_ip_tables_by_itself(suite):
@@ -368,7 +368,7 @@ def test_kernel_without_a_backend(suite, variant, where):
     if variant == "nonft" and where == "hidden":
         # From a container, nf_tables' absence is not visible (the kernel would load it with the
         # host's modprobe), so it is unknown and the image's alias (nft) runs: it fails on its own
-        # and writes nothing; never the other backend (README "Kernels").
+        # and writes nothing; never the other backend (docs/kernels.md).
         assert "-> /tmp/both/iptables-nft: nft" in out and "rc=0" not in out, out
         assert landed_of(out) == (0, 0), out
         return
@@ -397,7 +397,7 @@ def test_no_cookie_recycled_netns_inherits_nothing():
 
 @pytest.mark.parametrize("suite", SUITES)
 def test_timing_is_reported(suite):
-    """Not a target: the figure README "Kernels" quotes (cold on 5.10 against cached on 6.1)."""
+    """Not a target: the figure docs/kernels.md quotes (cold on 5.10 against cached on 6.1)."""
     out = main_boot(suite)["timing"]
     print("%s timing: %s" % (suite, out.replace("\n", "; ")))
     assert field(out, "cache on").endswith("ms") and field(out, "cache off").endswith("ms"), out

@@ -1,5 +1,5 @@
 """`iptables-shim doctor`: audit every network namespace of the node for rules split between the
-backends, and for what else makes the next iptables call go wrong (README "Auditing a node: doctor").
+backends, and for what else makes the next iptables call go wrong (docs/doctor.md).
 
 namespaces -> enter each (a forked child, setns) -> read there (reading.read_here: kernel records
 and shim.resolve.resolve) -> problems (pure) -> table, JSON, Prometheus textfile. Touches nothing.

@@ -1,5 +1,5 @@
 """Pure: what one namespace's reading says is wrong. Each problem has a fixed name that scripts and
-alerts match (README "Auditing a node: doctor" says what each means and what to do)."""
+alerts match (docs/doctor.md says what each means and what to do)."""
 
 from shim.tools import BACKENDS, FAMILIES
 

@@ -1,9 +1,9 @@
 """Which real iptables binaries are on PATH, never counting a shim, and which backend an alias runs.
 
 Searched on every call, cache hit included: builtin posix and plain strings here, not os and
-os.path, whose import costs about a millisecond of the call (tests/test_hot_path.py, README
-"Benchmark"). The --version probe, on the cold path only, imports subprocess (and os) when it runs.
-The parsers (parse_version, backend_from_links, search_dirs) are tested without root in
+os.path, whose import costs about a millisecond of the call (tests/test_hot_path.py,
+docs/benchmark.md). The --version probe, on the cold path only, imports subprocess (and os) when it
+runs. The parsers (parse_version, backend_from_links, search_dirs) are tested without root in
 tests/unit/test_binaries.py.
 """
 

@@ -2,7 +2,8 @@
 
 Decided from namespaces and roots, never from marker files: /.dockerenv exists on plain VMs, and
 `ip netns exec` gives a new mount namespace on the host's own root. Read on every call where a
-host's alias could answer (README "Cache"): a few stat calls with the builtin posix module, not os.
+host's alias could answer (docs/decision.md#cache): a few stat calls with the builtin posix module,
+not os.
 """
 
 import posix

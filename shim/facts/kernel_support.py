@@ -3,7 +3,7 @@
 Pure reads of /proc, /sys and /lib/modules (each root a parameter, so tests point them at fixture
 trees): no socket is opened, no netlink message sent, no module loaded. Every answer is a `Fact`:
 a value and why. The rules, and what the VM tests showed about which modules the kernel loads by
-itself, are in README "Kernels".
+itself, are in docs/kernels.md.
 
 - `nft_presence`: may nf_tables be asked without loading a module? True (loaded or built in),
   False (known not loaded: no nft rule can exist in any netns), None (cannot tell).
@@ -153,9 +153,9 @@ def _release():
 # -- nf_tables -----------------------------------------------------------------------------------
 
 def nft_presence(proc="/proc", sys_root="/sys", lib_modules="/lib/modules", release=None):
-    """May nf_tables be asked (netlink) without making the kernel load a module? See README
-    "Kernels": opening a NETLINK_NETFILTER socket loads nfnetlink, and an nf_tables request loads
-    nf_tables, through the kernel's own modprobe, from any mount namespace."""
+    """May nf_tables be asked (netlink) without making the kernel load a module? See
+    docs/kernels.md: opening a NETLINK_NETFILTER socket loads nfnetlink, and an nf_tables request
+    loads nf_tables, through the kernel's own modprobe, from any mount namespace."""
     release = release or _release()
     # A loaded module always has its /sys/module directory (built-in ones only sometimes).
     if _is_dir(sys_root + "/module/nf_tables"):
@@ -174,7 +174,7 @@ def nft_presence(proc="/proc", sys_root="/sys", lib_modules="/lib/modules", rele
         if modules is not None:
             return Fact(False, "nf_tables is not built in (modules.builtin) and not loaded (/proc/modules)")
         return Fact(None, "nf_tables is not built in, but /proc/modules cannot be read")
-    # No module index for the running kernel here (a container): other traces. README "Kernels".
+    # No module index for the running kernel here (a container): other traces. docs/kernels.md.
     if modules is None:
         return Fact(None, "/proc/modules cannot be read and no modules.builtin for %s" % release)
     registered = nfnetlink_registered(proc)
@@ -220,7 +220,7 @@ def _nft_support(proc, sys_root, lib_modules, release):
         return Fact(LOADED, presence.why)
     available = module_index(lib_modules, release, "modules.dep")
     if isinstance(available, set):
-        # The kernel loads nf_tables itself on the first request (README "Kernels"), with the
+        # The kernel loads nf_tables itself on the first request (docs/kernels.md), with the
         # modprobe of the initial mount namespace; seen from here, the same kernel's modules.
         if "nf_tables" in available:
             return Fact(LOADABLE, "nf_tables not loaded; the kernel loads it on demand "
@@ -230,7 +230,7 @@ def _nft_support(proc, sys_root, lib_modules, release):
     if config is not None and config.get("CONFIG_NF_TABLES", "n") == "n":
         return Fact(ABSENT, "kernel built without nf_tables (/proc/config.gz)")
     # A container: the kernel's autoload runs the host's modprobe on the host's /lib/modules, which
-    # this filesystem cannot see. Not loaded is not absent (README "Kernels").
+    # this filesystem cannot see. Not loaded is not absent (docs/kernels.md).
     return Fact(None, "nf_tables not loaded (%s); whether the host can load it is not visible "
                       "from this filesystem" % presence.why)
 
@@ -255,7 +255,7 @@ def _legacy_support(family, proc, lib_modules, release):
         return Fact(ABSENT, "kernel built without legacy x_tables (/proc/config.gz: %s)"
                     % " ".join(k + " not set" for k in LEGACY_CONFIG[family]))
     # Not loaded. The kernel never loads ip_tables by itself: iptables-legacy runs modprobe from
-    # the caller's own filesystem (README "Kernels"). So the caller's /lib/modules decides.
+    # the caller's own filesystem (docs/kernels.md). So the caller's /lib/modules decides.
     available = module_index(lib_modules, release, "modules.dep")
     if available == MISSING:
         return Fact(ABSENT, "%s not loaded, and this filesystem has no /lib/modules/%s to load it "

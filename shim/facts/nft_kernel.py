@@ -66,7 +66,7 @@ TIMEOUT = 5.0
 def nf_tables_present(proc="/proc", sys_root="/sys", lib_modules="/lib/modules"):
     """May nf_tables be asked without loading a module? True (loaded or built in), False (a module
     that is not loaded: no nft rule can exist), or None (cannot tell). The traces it reads and why:
-    shim.facts.kernel_support, README "Kernels"."""
+    shim.facts.kernel_support, docs/kernels.md."""
     from shim.facts import kernel_support
 
     return kernel_support.nft_presence(proc, sys_root, lib_modules).value

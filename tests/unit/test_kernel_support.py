@@ -1,5 +1,5 @@
 """shim.facts.kernel_support against fixture trees standing in for /proc, /sys and /lib/modules.
-No root, no kernel: what each combination of traces must answer (README "Kernels")."""
+No root, no kernel: what each combination of traces must answer (docs/kernels.md)."""
 
 import gzip
 import os
