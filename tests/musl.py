@@ -1,0 +1,290 @@
+"""musl-only roots for the frozen shim (tests/test_musl.py): no glibc file anywhere, as in an
+Alpine image with its iptables-legacy package.
+
+Per architecture (amd64, arm64), a root made of Debian's own packages only: `musl` (the loader
+/lib/ld-musl-ARCH.so.1 and libc.so, unchanged), `busybox-static` (/bin/sh and the other applets,
+as symlinks), `netbase` (/etc/protocols, /etc/services, /etc/ethertypes: what iptables reads for
+`-p tcp`), and bookworm's iptables 1.8.9 (`apt-get source`) built against that musl. Debian's mirror
+serves no source of libmnl or libnftnl, so iptables is built with --disable-nftables: the root has
+the legacy variant only, and its default names (`iptables`, ...) are that variant, as the legacy
+package of a musl distribution makes them (SPEC "How to test for real", "Other libcs").
+
+The compiler is Debian's gcc driven by a specs file of its own (what musl-tools' musl-gcc does, with
+the paths of a sysroot extracted here): the headers and start files of the arch's `musl-dev`, the
+kernel headers of its `linux-libc-dev`, the programs dynamically linked against musl's libc.so with
+PT_INTERP /lib/ld-musl-ARCH.so.1. For arm64 the gcc is Debian's cross gcc-12-aarch64-linux-gnu
+(extracted, not installed); the result is checked under qemu-aarch64-static before anyone boots it.
+
+Packages come from a private apt configuration (lists, archives and sources under the cache; both
+architectures; the machine's dpkg architectures and apt state untouched): `apt-get download` and
+`apt-get source --download-only`, then `dpkg -x` / `dpkg-source -x`. Nothing is installed.
+
+Cached in $IPTABLES_SHIM_TEST_CACHE/musl (default /var/cache/iptables-shim-tests/musl), one root per
+architecture, keyed on this file's text (the recipe) and the architecture: a changed recipe builds
+again. The stamp beside a root also names every .deb and .dsc that went in. IPTABLES_SHIM_TEST_FRESH=1
+builds in the Workspace's temporary cache (tests/images). Steps and durations go to logs/images.log.
+Measured from scratch (download, configure, make, assemble): see `root()`'s log lines.
+
+By hand: `/usr/bin/python3 tests/musl.py amd64 arm64` prints the roots' paths.
+"""
+
+import hashlib
+import os
+import shutil
+import subprocess
+import time
+
+import debootstrap
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SUITE = "bookworm"
+ARCHS = ("amd64", "arm64")
+TRIPLET = {"amd64": "x86_64-linux-musl", "arm64": "aarch64-linux-musl"}
+GNU = {"amd64": "x86_64-linux-gnu", "arm64": "aarch64-linux-gnu"}
+LOADER = {"amd64": "/lib/ld-musl-x86_64.so.1", "arm64": "/lib/ld-musl-aarch64.so.1"}
+EM = {"amd64": 62, "arm64": 183}
+# Of the target architecture: the root's own files, and the compiler's headers and start files.
+TARGET_DEBS = ("musl", "musl-dev", "linux-libc-dev", "busybox-static", "netbase")
+# Of this machine (amd64), for arm64: Debian's cross compiler, extracted.
+CROSS_DEBS = ("gcc-12-aarch64-linux-gnu", "cpp-12-aarch64-linux-gnu", "binutils-aarch64-linux-gnu",
+              "libgcc-12-dev-arm64-cross", "libgcc-s1-arm64-cross")
+CONFIGURE = ("--prefix=/usr", "--sbindir=/usr/sbin", "--disable-nftables", "--disable-libipq")
+# Not copied into the root: iptables-apply is a bash script (no bash here); the rest is for builds.
+LEFT_OUT = ("iptables-apply", "ip6tables-apply")
+ROOT_DIRS = ("dev", "proc", "sys", "run", "tmp", "root", "opt/iptables-shim", "usr/local/sbin", "usr/local/bin")
+
+# Debian's musl-gcc.specs with the sysroot's paths ({s}: sysroot, {t}: triplet, {k}: kernel headers).
+SPECS = """%rename cpp_options old_cpp_options
+
+*cpp_options:
+-nostdinc -isystem {s}/usr/include/{t} -isystem {k} -isystem include%s %(old_cpp_options)
+
+*cc1:
+%(cc1_cpu) -nostdinc -isystem {s}/usr/include/{t} -isystem {k} -isystem include%s
+
+*link_libgcc:
+-L{s}/lib/{t} -L{s}/usr/lib/{t} -L .%s
+
+*libgcc:
+libgcc.a%s %:if-exists(libgcc_eh.a%s)
+
+*startfile:
+%{{!shared: {s}/usr/lib/{t}/Scrt1.o}} {s}/usr/lib/{t}/crti.o crtbeginS.o%s
+
+*endfile:
+crtendS.o%s {s}/usr/lib/{t}/crtn.o
+
+*link:
+-dynamic-linker {loader} -nostdlib %{{shared:-shared}} %{{static:-static}} %{{rdynamic:-export-dynamic}}
+"""
+
+
+def recipe_key(arch):
+    with open(os.path.abspath(__file__), "rb") as f:
+        h = hashlib.sha256(f.read())
+    h.update(("\0%s\0%s" % (arch, SUITE)).encode())
+    return h.hexdigest()[:12]
+
+
+class Root(object):
+    """A built musl root: its directory, architecture, loader path, and the stamp's key."""
+
+    __slots__ = ("path", "arch", "loader", "key")
+
+    def __init__(self, path, arch, key):
+        self.path, self.arch, self.loader, self.key = path, arch, LOADER[arch], key
+
+    @property
+    def libdir(self):
+        return "/usr/lib/" + TRIPLET[self.arch]
+
+
+class Builder(object):
+    """The musl part of a Workspace (tests/images): its directories and its private apt."""
+
+    def __init__(self, ws):
+        self.ws = ws
+        self.top = os.path.join(ws.root, "musl")
+        self.apt_dir = os.path.join(self.top, "apt")
+        self._updated = False
+
+    def apt_options(self):
+        a = self.apt_dir
+        return ["-o", "Dir::State::Lists=" + os.path.join(a, "lists"),
+                "-o", "Dir::Cache=" + os.path.join(a, "cache"),
+                "-o", "Dir::Etc::SourceList=" + os.path.join(a, "sources.list"),
+                "-o", "Dir::Etc::SourceParts=" + os.path.join(a, "parts"),
+                # An empty dpkg status: what this machine has installed plays no part.
+                "-o", "Dir::State::status=" + os.path.join(a, "status"),
+                "-o", "APT::Architecture=amd64", "-o", "APT::Architectures::=amd64",
+                "-o", "APT::Architectures::=arm64", "-o", "APT::Sandbox::User=root"]
+
+    def apt(self, tool, args, what, cwd=None):
+        if not self._updated:
+            for d in ("lists/partial", "cache/archives/partial", "parts"):
+                os.makedirs(os.path.join(self.apt_dir, d), exist_ok=True)
+            open(os.path.join(self.apt_dir, "status"), "w").close()
+            with open(os.path.join(self.apt_dir, "sources.list"), "w") as f:
+                f.write("deb {m} {s} main\ndeb-src {m} {s} main\n".format(m=debootstrap.MIRROR, s=SUITE))
+            self.ws.run(["apt-get", "-q"] + self.apt_options() + ["update"], what="musl: apt-get update (private lists)")
+            self._updated = True
+        return self.ws.run([tool, "-q"] + self.apt_options() + list(args), what=what, cwd=cwd)
+
+    def download(self, names, arch, into):
+        """The .deb files of names for arch, in `into` (emptied first): their paths."""
+        shutil.rmtree(into, ignore_errors=True)
+        os.makedirs(into)
+        self.apt("apt-get", ["download"] + ["%s:%s" % (n, arch) for n in names],
+                 "musl: apt-get download %s (%s)" % (",".join(names)[:24], arch), cwd=into)
+        return sorted(os.path.join(into, n) for n in os.listdir(into) if n.endswith(".deb"))
+
+    def deb(self, debs, name):
+        found = [d for d in debs if os.path.basename(d).startswith(name + "_")]
+        assert len(found) == 1, (name, debs)
+        return found[0]
+
+    def source(self):
+        """bookworm's iptables source (downloaded once): the .dsc path."""
+        src = os.path.join(self.top, "src")
+        dsc = [n for n in os.listdir(src) if n.endswith(".dsc")] if os.path.isdir(src) else []
+        if not dsc:
+            shutil.rmtree(src, ignore_errors=True)
+            os.makedirs(src)
+            self.apt("apt-get", ["source", "--download-only", "iptables"], "musl: apt-get source iptables", cwd=src)
+            dsc = [n for n in os.listdir(src) if n.endswith(".dsc")]
+        assert len(dsc) == 1, dsc
+        return os.path.join(src, dsc[0])
+
+    # -- one architecture ------------------------------------------------------------------------
+    def root(self, arch):
+        """The musl root of arch, built unless the cache holds one of this recipe."""
+        if arch not in ARCHS:
+            raise ValueError("arch %r: one of %s" % (arch, ARCHS))
+        key = recipe_key(arch)
+        path = os.path.join(self.top, "roots", arch)
+        stamp = path + ".stamp"
+        if os.path.exists(stamp) and open(stamp).read().split("\n")[0] == key and os.path.isdir(path):
+            self.ws.log("musl root %s cached (%s)" % (arch, key))
+            return Root(path, arch, key)
+        t0 = time.monotonic()
+        work = os.path.join(self.top, "build-" + arch)
+        shutil.rmtree(work, ignore_errors=True)
+        os.makedirs(work)
+        debs = self.download(TARGET_DEBS, arch, os.path.join(self.top, "debs", arch))
+        inputs = [os.path.basename(d) for d in debs]
+        env = dict(os.environ, LC_ALL="C")
+        cc = ["gcc"]
+        if arch != "amd64":
+            cross = self.download(CROSS_DEBS, "amd64", os.path.join(self.top, "debs", "cross-" + arch))
+            inputs += [os.path.basename(d) for d in cross]
+            tc = os.path.join(self.top, "toolchain-" + arch)
+            shutil.rmtree(tc, ignore_errors=True)
+            for d in cross:
+                self.ws.run(["dpkg", "-x", d, tc], what="musl: dpkg -x " + os.path.basename(d))
+            # The extracted cross binutils find their own libbfd/libopcodes only through this.
+            env["LD_LIBRARY_PATH"] = os.path.join(tc, "usr", "lib", "x86_64-linux-gnu")
+            cc = [os.path.join(tc, "usr", "bin", GNU[arch] + "-gcc-12")]
+        cc += ["-specs", self.sysroot(arch, debs, work)]
+        dsc = self.source()
+        inputs.append(os.path.basename(dsc))
+        src = os.path.join(work, "iptables")
+        self.ws.run(["dpkg-source", "--no-check", "-x", dsc, src], what="musl: dpkg-source -x iptables")
+        # --host: the loader is not on this machine, so configure must not run what it compiles.
+        configure = ["./configure", "--build=x86_64-linux-gnu", "--host=" + TRIPLET[arch],
+                     "--libdir=/usr/lib/" + TRIPLET[arch], "CC=" + " ".join(cc)] + list(CONFIGURE)
+        self.ws.run(configure, what="musl: iptables configure (%s)" % arch, cwd=src, env=env)
+        self.ws.run(["make", "-j%d" % (os.cpu_count() or 2)], what="musl: iptables make (%s)" % arch, cwd=src, env=env)
+        staged = os.path.join(work, "staged")
+        self.ws.run(["make", "install", "DESTDIR=" + staged], what="musl: iptables make install", cwd=src, env=env)
+        new = path + ".new"
+        shutil.rmtree(new, ignore_errors=True)
+        os.makedirs(new)
+        self.assemble(arch, new, debs, staged)
+        self.verify(arch, new)
+        shutil.rmtree(path, ignore_errors=True)
+        os.rename(new, path)
+        shutil.rmtree(work, ignore_errors=True)
+        with open(stamp, "w") as f:
+            f.write(key + "\n" + "\n".join(inputs) + "\n")
+        self.ws.log("musl root %s built in %.1f s (%s)" % (arch, time.monotonic() - t0, key))
+        return Root(path, arch, key)
+
+    def sysroot(self, arch, debs, work):
+        """musl-dev's headers and start files, musl's libc.so and the kernel headers, extracted; the
+        specs file pointing there (its path)."""
+        s = os.path.join(work, "sysroot")
+        for name in ("musl", "musl-dev", "linux-libc-dev"):
+            self.ws.run(["dpkg", "-x", self.deb(debs, name), s], what="musl: dpkg -x %s (%s)" % (name, arch))
+        # musl-gcc needs the kernel's headers beside musl's: linux, asm-generic and the arch's asm.
+        k = os.path.join(work, "kernel-headers")
+        os.makedirs(k)
+        for name, target in (("linux", "linux"), ("asm-generic", "asm-generic"), ("asm", GNU[arch] + "/asm")):
+            os.symlink(os.path.join(s, "usr", "include", target), os.path.join(k, name))
+        specs = os.path.join(work, "musl.specs")
+        with open(specs, "w") as f:
+            f.write(SPECS.format(s=s, t=TRIPLET[arch], k=k, loader=LOADER[arch]))
+        return specs
+
+    def assemble(self, arch, root, debs, staged):
+        """The root: musl, busybox and netbase as Debian ships them, then iptables' programs and
+        libraries; no documentation."""
+        for name in ("musl", "busybox-static", "netbase"):
+            self.ws.run(["dpkg", "-x", self.deb(debs, name), root], what="musl: dpkg -x %s into the root" % name)
+        for d in ROOT_DIRS:
+            os.makedirs(os.path.join(root, d), exist_ok=True)
+        os.chmod(os.path.join(root, "tmp"), 0o1777)
+        # busybox's own list of its applets (run under qemu-user for arm64: it is static).
+        runner = [] if arch == "amd64" else ["qemu-aarch64-static"]
+        applets = self.ws.run(runner + [os.path.join(root, "bin", "busybox"), "--list-full"],
+                              what="musl: busybox --list-full (%s)" % arch).stdout.decode().split()
+        for applet in applets:
+            link = os.path.join(root, applet.lstrip("/"))
+            if not os.path.lexists(link):
+                os.makedirs(os.path.dirname(link), exist_ok=True)
+                os.symlink("/bin/busybox", link)
+        for d in ("usr/sbin", "usr/lib/" + TRIPLET[arch]):
+            for dirpath, dirs, files in os.walk(os.path.join(staged, d)):
+                rel = os.path.relpath(dirpath, staged)
+                if "pkgconfig" in rel.split(os.sep):
+                    continue
+                os.makedirs(os.path.join(root, rel), exist_ok=True)
+                for n in files + [x for x in dirs if os.path.islink(os.path.join(dirpath, x))]:
+                    if n in LEFT_OUT or n.endswith(".la"):
+                        continue
+                    src = os.path.join(dirpath, n)
+                    dst = os.path.join(root, rel, n)
+                    if os.path.islink(src):
+                        os.symlink(os.readlink(src), dst)
+                    else:
+                        shutil.copy2(src, dst)
+        # Dangling now: their targets were left out.
+        for n in LEFT_OUT:
+            if os.path.lexists(os.path.join(root, "usr/sbin", n)):
+                os.unlink(os.path.join(root, "usr/sbin", n))
+        shutil.rmtree(os.path.join(root, "usr", "share", "doc"), ignore_errors=True)
+        shutil.rmtree(os.path.join(root, "usr", "share", "man"), ignore_errors=True)
+
+    def verify(self, arch, root):
+        """The root's own iptables starts (natively in a chroot for amd64, under qemu-user with the
+        root as its library root for arm64) and is the legacy variant."""
+        if arch == "amd64":
+            cmd = ["chroot", root, "/usr/sbin/iptables", "-V"]
+        else:
+            cmd = ["qemu-aarch64-static", "-L", root, os.path.join(root, "usr/sbin/iptables"), "-V"]
+        out = self.ws.run(cmd, what="musl: iptables -V in the %s root" % arch, env={"PATH": "/usr/sbin:/bin"}).stdout.decode()
+        assert out.startswith("iptables v1.8") and "(legacy)" in out, out
+        self.ws.log("musl root %s: %s" % (arch, out.strip()))
+
+
+if __name__ == "__main__":
+    import sys
+
+    from images import Workspace
+
+    ws = Workspace.open()
+    try:
+        b = Builder(ws)
+        for a in sys.argv[1:] or ["amd64"]:
+            print(b.root(a).path)
+    finally:
+        ws.close()
