@@ -120,8 +120,9 @@ def format_text(r):
     return "\n".join(lines) + "\n"
 
 
-def run_install(rest, shim_path):
-    """install DIR | --alternatives: one line per name or group, saying what was done."""
+def run_install(rest, environ, shim_path):
+    """install DIR | --alternatives: one line per name or group, saying what was done; a warning
+    when calls of iptables on this PATH would not reach DIR."""
     from shim import install
 
     if rest == ["--alternatives"]:
@@ -132,6 +133,9 @@ def run_install(rest, shim_path):
         raise ShimError("install takes one directory, such as /usr/local/sbin, or --alternatives; %s" % USAGE)
     for name, path, action in install.install(rest[0], shim_path):
         sys.stdout.write("%s: %s\n" % (path, "link created" if action == "create" else "already this shim"))
+    warning = install.path_warning(rest[0], shim_path, environ.get("PATH"))
+    if warning:
+        sys.stderr.write("iptables-shim: warning: %s\n" % warning)
     return 0
 
 
@@ -183,7 +187,7 @@ def run_doctor(rest, environ, shim_path, tree):
 VERBS = {
     "explain": run_explain,
     "doctor": run_doctor,
-    "install": lambda rest, environ, shim_path, tree: run_install(rest, shim_path),
+    "install": lambda rest, environ, shim_path, tree: run_install(rest, environ, shim_path),
     "uninstall": lambda rest, environ, shim_path, tree: run_uninstall(rest, shim_path),
 }
 

@@ -55,8 +55,13 @@ def plan(directory, target):
                 "refusing to install into %s: it holds the distribution's own binaries; "
                 "install into a directory earlier on PATH, such as /usr/local/sbin" % directory
             )
+    if os.path.islink(directory) and not os.path.exists(directory):
+        # A merged-/usr link (/usr/local/sbin -> bin) whose target is missing: not followed, as
+        # mkdir would, into a directory the layout means but nobody made (docs/install.md).
+        raise ShimError("cannot install into %s: it is a link to %s, which does not exist; nothing was "
+                        "installed" % (directory, os.readlink(directory)))
     if os.path.lexists(directory) and not os.path.isdir(directory):
-        raise ShimError("cannot install into %s: it is not a directory" % directory)
+        raise ShimError("cannot install into %s: it is not a directory; nothing was installed" % directory)
     steps = []
     for name, path, st in installed_names(directory, "installed"):
         if st is None:
@@ -108,6 +113,25 @@ def install(directory, target):
                 raise ShimError("cannot create %s: %s" % (path, e.strerror))
         done.append((name, path, action))
     return done
+
+
+def path_warning(directory, target, path_env):
+    """None when a PATH search for `iptables`, in PATH order as execvp makes it, reaches the shim in
+    `directory`; else one line saying why not. Directories are compared by identity, not by name:
+    in merged-/usr roots a directory is on PATH under another name (Fedora 42: /usr/local/sbin is
+    /usr/local/bin, and no sbin directory is on PATH at all; tests/test_install_merged_usr.py)."""
+    want, own = _identity(directory), _identity(target)
+    entries = [e for e in (path_env or "").split(":") if e.startswith("/")]
+    ids = [_identity(e) for e in entries]
+    if want not in ids:
+        return ("%s is not on this PATH (%s), under any name: calls of iptables will not reach the shim; "
+                "add it to PATH before the directory of the real iptables" % (directory, path_env))
+    for entry in entries[:ids.index(want)]:
+        found = os.path.join(entry, "iptables")
+        if _identity(found) not in (None, own) and os.path.isfile(found) and os.access(found, os.X_OK):
+            return ("%s comes before %s on this PATH (%s): calls of iptables run it, not the shim; put %s "
+                    "first on PATH" % (found, directory, path_env, directory))
+    return None
 
 
 # -- uninstall DIR ------------------------------------------------------------------------------

@@ -19,7 +19,8 @@ ALL_NAMES = sorted(SHIM_NAMES) + [CLI_NAME]
 
 
 def install(directory, shim=SHIM):
-    r = subprocess.run([shim, "install", str(directory)], env={"PATH": SYSTEM_PATH, "LC_ALL": "C"},
+    # DIR first on PATH, as an image has /usr/local/sbin: else install warns that calls miss it.
+    r = subprocess.run([shim, "install", str(directory)], env={"PATH": "%s:%s" % (directory, SYSTEM_PATH), "LC_ALL": "C"},
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
     return r.returncode, r.stdout.decode(), r.stderr.decode()
 
