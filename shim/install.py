@@ -7,7 +7,8 @@ on the usual PATH and leaves the image's own /usr/sbin alone. Idempotent: a name
 leads to this shim is left as it is. Anything else under one of the names (a real iptables, a link
 to something else, a second copy of the shim) is never overwritten: the whole install is refused
 before anything is written. Nothing outside DIR is written: DIR itself is created when missing,
-its parent never (README "Install and uninstall").
+its parent never. Directories are judged by identity, whatever name they are given: merged-/usr
+roots (/sbin -> usr/sbin, /usr/sbin -> bin, /usr/local/sbin -> bin) in docs/install.md#merged-usr.
 
 install --alternatives: for callers that run /usr/sbin/iptables by full path or reset PATH (ufw,
 ufw-init, netfilter-persistent). The shim becomes the highest-priority alternative of the
@@ -327,7 +328,7 @@ def read_record(path=STATE_FILE):
 def recorded_aliases(shim_ids=(), path=STATE_FILE):
     """{name: path} of the choice `install --alternatives` recorded for each of the six names,
     for fact gathering: with the shim installed there, /usr/sbin/iptables leads to the shim and is
-    skipped, and this is the default alias instead (README "Install and uninstall"). Only
+    skipped, and this is the default alias instead (docs/install.md). Only
     recorded paths that still exist as executable regular files that are not a shim (shim_ids:
     their (st_dev, st_ino)) are given. {} when there is no record or it is not to be trusted:
     never an error, so a broken record costs the alias and nothing else."""
