@@ -17,6 +17,7 @@ the real binary, with its own envp, and the openat calls after it show which lib
 Mark `images` (the frozen build); about 10 s once the trees and the build are cached.
 """
 
+import atexit
 import codecs
 import glob
 import os
@@ -93,27 +94,39 @@ class Root(object):
         return r.stdout.decode()
 
 
+_SHARED = {}
+
+
+def workspace(trees=()):
+    """(Workspace, frozen tree) once per test process, for this module and tests/test_frozen_tree.py
+    (in CI each Workspace.open() is a fresh cache: one frozen build, not two); `trees` are made in
+    it while the build runs. Closed at exit."""
+    if "ws" not in _SHARED:
+        ws = Workspace.open()
+        atexit.register(ws.close)
+        _SHARED["ws"] = ws
+    ws = _SHARED["ws"]
+    runs = [ws.start_tree(s) for s in trees]
+    try:
+        if "tree" not in _SHARED:
+            _SHARED["tree"] = os.path.join(ws.frozen()[0], "iptables-shim")
+    finally:
+        for run in runs:
+            ws.finish_tree(run)
+    return ws, _SHARED["tree"]
+
+
 @pytest.fixture(scope="module")
 def roots(tmp_path_factory):
-    ws = Workspace.open()
-    try:
-        runs = [ws.start_tree(s) for s in SUITES]
-        try:
-            dist, _ = ws.frozen()
-        finally:
-            for run in runs:
-                ws.finish_tree(run)
-        out = {}
-        for suite in SUITES:
-            root = Root(suite, ws.tree_path(suite), tmp_path_factory.mktemp(suite))
-            shutil.copytree(os.path.join(dist, "iptables-shim"), os.path.join(root.upper, SHIM_DIR.lstrip("/")),
-                            symlinks=True)
-            installed = root.ok(SHIM_DIR + "/iptables-shim install /usr/local/sbin")
-            assert [l.rpartition(": ")[2] for l in installed.splitlines()] == ["link created"] * 7, installed
-            out[suite] = root
-        yield out
-    finally:
-        ws.close()
+    ws, tree = workspace(SUITES)
+    out = {}
+    for suite in SUITES:
+        root = Root(suite, ws.tree_path(suite), tmp_path_factory.mktemp(suite))
+        shutil.copytree(tree, os.path.join(root.upper, SHIM_DIR.lstrip("/")), symlinks=True)
+        installed = root.ok(SHIM_DIR + "/iptables-shim install /usr/local/sbin")
+        assert [l.rpartition(": ")[2] for l in installed.splitlines()] == ["link created"] * 7, installed
+        out[suite] = root
+    return out
 
 
 # -- strace's record --------------------------------------------------------------------------------

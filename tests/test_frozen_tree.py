@@ -6,7 +6,8 @@ inside). Else it must at least run on glibc 2.17 (CentOS 7, Amazon Linux 2): eve
 from the image is one of glibc's own, and no symbol version above GLIBC_2.17 is needed.
 
 The ELF reader (tests/elf.py) is checked first against binutils' readelf on this machine's own
-binaries (no root, seconds); the tree itself is `Workspace.open().frozen()`'s (mark `images`).
+binaries (no root, seconds); the tree itself is `Workspace.open().frozen()`'s, shared with
+tests/test_frozen_roots.py (mark `images`).
 """
 
 import os
@@ -17,7 +18,6 @@ import subprocess
 import pytest
 
 import elf
-from images import Workspace
 
 FLOOR = (2, 17)
 ENTRY = "iptables-shim"
@@ -140,12 +140,9 @@ def test_floor_judges_trees_of_real_binaries(tmp_path):
 @pytest.mark.images
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the frozen build runs debootstrap and chroot")
 def test_frozen_tree_needs_nothing_from_the_image_or_glibc_2_17_at_most():
-    ws = Workspace.open()
-    try:
-        dist, _ = ws.frozen()
-        tree = os.path.join(dist, "iptables-shim")
-        problems = floor_problems(tree)
-        ws.log("frozen tree floor: %s" % ("; ".join(problems) or "nothing from the image"))
-    finally:
-        ws.close()
+    from test_frozen_roots import workspace
+
+    ws, tree = workspace()
+    problems = floor_problems(tree)
+    ws.log("frozen tree floor: %s" % ("; ".join(problems) or "nothing from the image"))
     assert problems == [], "\n".join(["frozen tree %s:" % tree] + problems)
