@@ -12,7 +12,8 @@ as Debian and Alpine ship them) where that distribution keeps them:
 
 What the programs need besides (libraries, Python) is this machine's: /usr/lib and /usr/lib64
 bind-mounted read-only, /usr/bin/python3 one bind-mounted file; the source shim at
-/opt/iptables-shim. Every call is made as a container runtime would make it, inside the root: a
+/opt/iptables-shim, or (the `frozen` cases, mark images) the frozen tree there instead, which is
+what images use. Every call is made as a container runtime would make it, inside the root: a
 private mount, PID and network namespace, then chroot, so `install` sees the root as `/`. The
 root's bin and sbin directories are compared from outside, entry by entry (name, type, mode,
 owner, size, inode, link text; the mtime of every entry that is no directory).
@@ -30,7 +31,8 @@ from shim.tools import CLI_NAME, FAMILIES, SHIM_NAMES, TOOL_SUFFIXES, variant_na
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: mounts, namespaces, chroot")
 
-SHIM = "/opt/iptables-shim/bin/iptables-shim"
+SHIM = "/opt/iptables-shim/bin/iptables-shim"  # the source shim: the checkout bound there
+FROZEN_SHIM = "/opt/iptables-shim/iptables-shim"  # the frozen tree bound there instead (mark images)
 ALL_NAMES = sorted(SHIM_NAMES) + [CLI_NAME]
 MULTI = {"nft": "xtables-nft-multi", "legacy": "xtables-legacy-multi"}
 DEBIAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -76,10 +78,11 @@ exec /usr/sbin/chroot "$root" "$@"
 class SmallRoot(object):
     """A root filesystem of one layout, with the real iptables binaries where it keeps them."""
 
-    __slots__ = ("root", "layout")
+    __slots__ = ("root", "layout", "shim_src", "shim_path")
 
-    def __init__(self, root, layout):
+    def __init__(self, root, layout, shim_src=REPO, shim_path=SHIM):
         self.root, self.layout = str(root), layout
+        self.shim_src, self.shim_path = shim_src, shim_path  # bound at /opt/iptables-shim; its executable
         for d in ("usr/bin", "usr/lib", "usr/lib64", "usr/local/bin", "dev", "proc", "run", "tmp", "etc",
                   "opt/iptables-shim"):
             os.makedirs(self.at(d), exist_ok=True)
@@ -113,14 +116,14 @@ class SmallRoot(object):
     def run(self, argv, **env):
         full = {"PATH": self.layout.path, "LC_ALL": "C"}
         full.update(env)
-        full["SHIM_SRC"] = REPO
+        full["SHIM_SRC"] = self.shim_src
         r = subprocess.run(["/usr/bin/unshare", "--mount", "--pid", "--fork", "--net", "--propagation", "private",
                             "/bin/sh", "-c", ENTER, "enter", self.root] + list(argv),
                            env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60, check=False)
         return r.returncode, r.stdout.decode(), r.stderr.decode()
 
     def shim(self, *args):
-        return self.run([SHIM] + list(args))
+        return self.run([self.shim_path] + list(args))
 
     def snapshot(self):
         """{watched path: (what it is, {entry: facts})}, read from outside the root."""
@@ -193,16 +196,21 @@ def path_dir_of(root, name):
 
 @pytest.fixture
 def make_root(tmp_path):
-    def make(name):
+    def make(name, shim="source"):
+        if shim == "frozen":  # what images use; the same install code
+            from test_frozen_roots import workspace
+
+            return SmallRoot(tmp_path / name, LAYOUTS[name], workspace()[1], FROZEN_SHIM)
         return SmallRoot(tmp_path / name, LAYOUTS[name])
     return make
 
 
 # -- install DIR, uninstall DIR --------------------------------------------------------------------
 
+@pytest.mark.parametrize("shim", ["source", pytest.param("frozen", marks=pytest.mark.images)])
 @pytest.mark.parametrize("layout", ["debian", "fedora", "arch", "alpine"])
-def test_install_into_usr_local_sbin_and_uninstall_restore_the_root(make_root, layout):
-    root = make_root(layout)
+def test_install_into_usr_local_sbin_and_uninstall_restore_the_root(make_root, layout, shim):
+    root = make_root(layout, shim)
     before = root.snapshot()
     real_dir = "/" + os.path.relpath(os.path.realpath(root.at("/usr/local/sbin")), root.root)
     rc, out, err = root.shim("install", "/usr/local/sbin")
@@ -213,7 +221,7 @@ def test_install_into_usr_local_sbin_and_uninstall_restore_the_root(make_root, l
     assert changes(before, installed) == {p: (ALL_NAMES, [], []) for p in WATCHED
                                           if os.path.realpath(root.at(p)) == root.at(real_dir)}
     for n in ALL_NAMES:
-        assert os.readlink(root.at(real_dir + "/" + n)) == SHIM
+        assert os.readlink(root.at(real_dir + "/" + n)) == root.shim_path
     # Installing again, under either name of that directory: nothing more, no second set.
     for again in sorted({"/usr/local/sbin", real_dir}):
         rc, out, err = root.shim("install", again)
@@ -288,20 +296,21 @@ def test_install_says_when_calls_on_this_path_would_miss_the_shim(make_root, lay
     if sbin_dir:
         os.unlink(root.at("/usr/local/sbin"))
         os.mkdir(root.at("/usr/local/sbin"))
-    rc, out, err = root.run([SHIM, "install", "/usr/local/sbin"], PATH=path)
+    rc, out, err = root.run([root.shim_path, "install", "/usr/local/sbin"], PATH=path)
     assert rc == 0 and lines(out) == ["/usr/local/sbin/%s: link created" % n for n in ALL_NAMES], (out, err)
     assert err == ("iptables-shim: warning: %s\n" % warning if warning else ""), err
 
 
 # -- the image moves its iptables ---------------------------------------------------------------------
 
+@pytest.mark.parametrize("shim", ["source", pytest.param("frozen", marks=pytest.mark.images)])
 @pytest.mark.parametrize("sbin", ["stays a directory", "becomes a link to usr/sbin"])
-def test_iptables_moving_from_sbin_to_usr_sbin_after_install(make_root, sbin):
+def test_iptables_moving_from_sbin_to_usr_sbin_after_install(make_root, sbin, shim):
     """Alpine 3.20 keeps iptables in /sbin, 3.21 in /usr/sbin (k3s klipper-lb's entry script, which
     linked names in /sbin, ran the wrong backend after that move). The shim in /usr/local/sbin links
     to itself only and looks the binaries up on every call: after the upgrade it runs the ones in
     /usr/sbin, and uninstall still restores what was there."""
-    root = make_root("alpine")
+    root = make_root("alpine", shim)
     before = root.snapshot()
     rc, out, err = root.shim("install", "/usr/local/sbin")
     assert (rc, err) == (0, ""), err
