@@ -59,6 +59,12 @@ class Elf(object):
             out.append(entry.replace("${ORIGIN}", origin).replace("$ORIGIN", origin))
         return out
 
+    def glibc_markers(self):
+        """[name] of the GLIBC_ versions needed that are no release number: GLIBC_PRIVATE (one
+        glibc build's internals), GLIBC_ABI_DT_RELR (packed relocations, glibc 2.36+)."""
+        return sorted(set(n for names in self.verneed.values() for n in names
+                          if n.startswith("GLIBC_") and not GLIBC_VERSION.match(n)))
+
     def glibc_versions(self):
         """[(major, minor, patch)] of every GLIBC_x.y[.z] version needed, of any library."""
         out = []

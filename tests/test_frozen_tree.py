@@ -10,6 +10,7 @@ binaries (no root, seconds); the tree itself is `Workspace.open().frozen()`'s, s
 tests/test_frozen_roots.py (mark `images`).
 """
 
+import glob
 import os
 import re
 import shutil
@@ -19,7 +20,7 @@ import pytest
 
 import elf
 
-FLOOR = (2, 17)
+FLOOR = (2, 17, 0)  # as glibc_versions() gives them: GLIBC_2.17 itself passes
 ENTRY = "iptables-shim"
 
 
@@ -40,6 +41,8 @@ def floor_problems(tree):
         if needs:
             outside.append("%s: %s" % (rel, ", ".join(needs)))
         versions += [(v, rel) for v in e.glibc_versions()]
+        if e.glibc_markers():  # no glibc 2.17 has them
+            foreign_libs.append("%s needs %s of glibc" % (rel, ", ".join(e.glibc_markers())))
         foreign = [n for n in needs if not elf.GLIBC_SONAMES.match(n)]
         if foreign:  # glibc 2.17 is all an old image is sure to have
             foreign_libs.append("%s needs %s from the image, which glibc does not ship" % (rel, ", ".join(foreign)))
@@ -133,6 +136,28 @@ def test_floor_judges_trees_of_real_binaries(tmp_path):
     assert problems[0].startswith("needs from the image: iptables-shim: interpreter /lib64/ld-linux-x86-64.so.2"
                                   if os.uname().machine == "x86_64" else "needs from the image: "), problems
     assert "libxtables.so.12" in problems[0]
+    # A library of glibc's own internals (libresolv needs GLIBC_PRIVATE): tied to one glibc build.
+    private = tmp_path / "private"
+    private.mkdir()
+    shutil.copy("/usr/sbin/ldconfig", str(private / ENTRY))
+    shutil.copy(os.path.realpath("/lib/%s-linux-gnu/libresolv.so.2" % os.uname().machine), str(private))
+    assert any("GLIBC_PRIVATE" in p for p in floor_problems(str(private))), floor_problems(str(private))
+
+
+def test_floor_passes_a_binary_that_needs_glibc_2_17_at_most(tmp_path):
+    """The second way to pass: only glibc's libraries from the image, no version above 2.17 (a real
+    binary of this machine that happens to be one, such as patchutils' filterdiff: GLIBC_2.14)."""
+    for p in sorted(glob.glob("/usr/bin/*") + glob.glob("/usr/sbin/*")):
+        if os.path.islink(p) or not elf.is_elf(p):
+            continue
+        e = elf.read(p)
+        if e.interp and all(elf.GLIBC_SONAMES.match(n) for n in e.needed) and not e.glibc_markers() \
+                and e.glibc_versions() and max(e.glibc_versions()) <= FLOOR:
+            break
+    else:
+        pytest.skip("no binary on this machine needs glibc 2.17 at most")
+    shutil.copy(p, str(tmp_path / ENTRY))
+    assert floor_problems(str(tmp_path)) == [], p
 
 
 # -- the frozen tree --------------------------------------------------------------------------------
