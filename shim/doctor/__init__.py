@@ -11,7 +11,7 @@ import time
 
 from shim.errors import ShimError
 
-USAGE = "usage: iptables-shim doctor [--json] [--prometheus FILE] [--netns PATH]..."
+USAGE = "usage: iptables-shim doctor [--json] [--prometheus FILE] [--every SECONDS] [--netns PATH]..."
 MAX_PARALLEL = 4
 
 
@@ -22,12 +22,13 @@ class DoctorError(ShimError):
 
 
 class Options(object):
-    __slots__ = ("as_json", "prometheus", "netns")
+    __slots__ = ("as_json", "prometheus", "netns", "every")
 
     def __init__(self):
         self.as_json = False
         self.prometheus = None
         self.netns = []
+        self.every = None  # seconds between audits, for a container with no shell (deploy/kubernetes)
 
 
 def parse(args):
@@ -49,6 +50,11 @@ def parse(args):
             opts.prometheus = arg.split("=", 1)[1]
         elif arg.startswith("--netns="):
             opts.netns.append(arg.split("=", 1)[1])
+        elif arg == "--every" or arg.startswith("--every="):
+            value = arg.split("=", 1)[1] if "=" in arg else (rest.pop(0) if rest else "")
+            if not value.isdigit() or int(value) < 1:
+                raise DoctorError("--every takes a whole number of seconds, such as 300; %s" % USAGE)
+            opts.every = int(value)
         else:
             raise DoctorError("unexpected argument %r; %s" % (arg, USAGE))
     return opts
@@ -208,12 +214,15 @@ def run(args, shim_path, tree=None):
         return 0
     opts = parse(args)
     settings = load_settings(tree)
-    report = audit(opts, settings, shim_path)
-    if opts.prometheus:
-        try:
-            output.write_atomically(opts.prometheus, output.prometheus(report))
-        except OSError as e:
-            raise DoctorError("cannot write %s: %s" % (opts.prometheus, e.strerror or e))
-    sys.stdout.write(output.to_json(report) + "\n" if opts.as_json else output.table(report))
-    sys.stdout.flush()
-    return 1 if report["counts"]["with_problems"] else 0
+    while True:
+        report = audit(opts, settings, shim_path)
+        if opts.prometheus:
+            try:
+                output.write_atomically(opts.prometheus, output.prometheus(report))
+            except OSError as e:
+                raise DoctorError("cannot write %s: %s" % (opts.prometheus, e.strerror or e))
+        sys.stdout.write(output.to_json(report) + "\n" if opts.as_json else output.table(report))
+        sys.stdout.flush()
+        if opts.every is None:
+            return 1 if report["counts"]["with_problems"] else 0
+        time.sleep(opts.every)
