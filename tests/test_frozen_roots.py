@@ -14,6 +14,8 @@ What the real binary got is read from outside: `strace -ff -e trace=execve,opena
 chrooted call. In the traced process that execs the shim, the caller's execve into
 /usr/local/sbin/iptables carries the caller's envp; the last successful execve of that process is
 the real binary, with its own envp, and the openat calls after it show which libc it loaded.
+Both roots are merged-/usr (/sbin -> usr/sbin): `install --alternatives` is run there too, with
+callers of /sbin/iptables and /usr/sbin/iptables by full path.
 Mark `images` (the frozen build); about 10 s once the trees and the build are cached.
 """
 
@@ -116,13 +118,19 @@ def workspace(trees=()):
     return ws, _SHARED["tree"]
 
 
+def root_with_tree(suite, base):
+    """A new overlay root of `suite` with the frozen tree copied in at /opt/iptables-shim."""
+    ws, tree = workspace(SUITES)
+    root = Root(suite, ws.tree_path(suite), base)
+    shutil.copytree(tree, os.path.join(root.upper, SHIM_DIR.lstrip("/")), symlinks=True)
+    return root
+
+
 @pytest.fixture(scope="module")
 def roots(tmp_path_factory):
-    ws, tree = workspace(SUITES)
     out = {}
     for suite in SUITES:
-        root = Root(suite, ws.tree_path(suite), tmp_path_factory.mktemp(suite))
-        shutil.copytree(tree, os.path.join(root.upper, SHIM_DIR.lstrip("/")), symlinks=True)
+        root = root_with_tree(suite, tmp_path_factory.mktemp(suite))
         installed = root.ok(SHIM_DIR + "/iptables-shim install /usr/local/sbin")
         assert [l.rpartition(": ")[2] for l in installed.splitlines()] == ["link created"] * 7, installed
         out[suite] = root
@@ -239,3 +247,33 @@ def test_save_piped_into_restore_passes_stdin_through(roots, suite):
                  input=b"*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -s 192.0.2.11/32 -j DROP\nCOMMIT\n")
     assert r.returncode == 0 and r.stderr == b"", r
     assert [l for l in r.stdout.decode().splitlines() if l.startswith("-A ")] == ["-A INPUT -s 192.0.2.11/32 -j DROP"]
+
+
+# What update-alternatives keeps, and the directories it writes links in, listed without times
+# (it re-creates the links it manages: their times are new even where nothing else is).
+QUERY = ("for g in iptables ip6tables; do update-alternatives --query $g; done; "
+         "ls -la --time-style=+ /usr/sbin/ /sbin/ /etc/alternatives/")
+
+
+@pytest.mark.parametrize("suite", sorted(SUITES))
+def test_alternatives_in_a_merged_root(tmp_path, suite):
+    """Debian's roots are merged-/usr (/sbin -> usr/sbin): with `install --alternatives`, a caller
+    that runs /sbin/iptables or /usr/sbin/iptables by full path with its own PATH reaches the shim,
+    which runs the root's iptables-nft, not itself; uninstall gives back the same alternatives and
+    the same listing."""
+    root = root_with_tree(suite, tmp_path)
+    # Copied up into the overlay's upper layer first: a directory copied up lists as nlink 1.
+    root.ok("for d in /usr/sbin /etc/alternatives; do touch $d/.up && rm $d/.up; done")
+    before = root.ok(QUERY)
+    out = root.ok(SHIM_DIR + "/iptables-shim install --alternatives")
+    assert out.splitlines() == ["ip6tables alternative: %s/ip6tables (registered)" % SHIM_DIR,
+                                "iptables alternative: %s/iptables (registered)" % SHIM_DIR], out
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "IPTABLES_SHIM_DEBUG": "1"}
+    for path in ("/sbin/iptables", "/usr/sbin/iptables"):
+        r = root.run([path, "-V"], env)
+        assert r.stdout.decode() == "iptables v%s (nf_tables)\n" % SUITES[suite], (path, r)
+        assert r.stderr.decode().startswith("iptables-shim: iptables -> /usr/sbin/iptables-nft: nft"), (path, r)
+    out = root.ok(SHIM_DIR + "/iptables-shim uninstall --alternatives")
+    assert out.splitlines() == ["ip6tables alternative: /usr/sbin/ip6tables-nft (restored)",
+                                "iptables alternative: /usr/sbin/iptables-nft (restored)"], out
+    assert root.ok(QUERY) == before
