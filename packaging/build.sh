@@ -1,222 +1,234 @@
 #!/usr/bin/env bash
-# Build the frozen iptables-shim: dist/iptables-shim/, one directory to copy into any image.
+# Build the frozen iptables-shim: one directory, iptables-shim/, that needs nothing from the image
+# it is copied into but a Linux kernel (no libc, no loader, no Python): musl, any glibc, scratch.
 #
-#   packaging/build.sh            portable build (default; root): inside a Debian bullseye minbase
-#                                 tree (glibc 2.31, Python 3.9), so the result runs on bullseye and
-#                                 anything newer. The tree is made once with debootstrap and kept in
-#                                 $IPTABLES_SHIM_BUILD_ROOT (default /var/cache/iptables-shim-build/bullseye).
-#   packaging/build.sh --host     quick build with this machine's /usr/bin/python3: runs only where
-#                                 glibc is at least this machine's (bookworm: 2.36; not on bullseye).
-#   packaging/build.sh --arch arm64   the portable build for aarch64 on an x86-64 machine: the
-#                                 bullseye tree is arm64 ($IPTABLES_SHIM_BUILD_ROOT, default
-#                                 /var/cache/iptables-shim-build/bullseye-arm64), its programs run
-#                                 by qemu-user-static through a binfmt_misc entry registered only in
-#                                 a private user namespace (the machine's own binfmt_misc is left as
-#                                 it is). Needs qemu-user-static; result in dist/arm64/ by default.
-#                                 Slow: everything in the tree runs emulated (see README).
-#   --out DIR                     put iptables-shim/ in DIR instead of dist/ (dist/ARCH/ for --arch)
-#   IPTABLES_SHIM_BUILD_INCLUDE=a,b   more packages for the build root, in the same debootstrap (part of
-#                                 its stamp): tests/test_arm64.py adds a kernel, iptables and nftables
-#                                 so that the arm64 tree also boots as its test VM (tests/vm.py).
-#   --onefile                     also build DIR/onefile/iptables-shim (one file; for measurement only)
+#   packaging/build.sh                  for this machine's architecture, into dist/iptables-shim/
+#   packaging/build.sh --arch arm64     for aarch64 (cross-compiled: nothing runs emulated), into
+#                                       dist/arm64/iptables-shim/
+#   --out DIR                           put iptables-shim/ in DIR instead
 #
-# The result: dist/iptables-shim/iptables-shim (a multi-call executable dispatching on argv[0]),
-# its _internal/ directory, and the six names iptables, iptables-save, iptables-restore,
-# ip6tables, ip6tables-save, ip6tables-restore as relative symlinks to it. Onedir, not onefile:
-# the reasons and the measurements are in packaging/iptables-shim.spec.
+# What it makes (docs/images.md says why this route):
+#   iptables-shim      one static executable: CPython 3.11 from Debian's sources (python3.11, with
+#                      its security fixes), linked statically with musl, every extension module the
+#                      shim uses built in, and packaging/launcher/main.c as its main
+#   lib/               the bytecode it imports: shim/, packaging/entry.py, and the standard library
+#                      modules those import (nothing else)
+#   the six names      iptables, iptables-save, ... as relative links to iptables-shim
+#   iptables-shim.frozen   the marker another shim on PATH knows a frozen tree by
+#   BUILDINFO          what went in: name, version, origin, tab-separated (packaging/sbom.py reads it)
+#
+# Toolchain: zig (`ziglang` from PyPI; its clang and its musl cross-compile for amd64 and arm64
+# alike), the sources from `apt-get source` (a deb-src entry: .ci/setup adds it), and this
+# machine's /usr/bin/python3.11 (Debian's 3.11: the same version, to generate and compile bytecode).
+# Everything is cached in $IPTABLES_SHIM_BUILD_CACHE (default /var/cache/iptables-shim-build): the
+# interpreter is built once per architecture (~4-6 min on 2 cores), a change to shim/ only
+# recompiles lib/ (seconds).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PYINSTALLER_VERSION="${PYINSTALLER_VERSION:-6.22.3}"
-SUITE=bullseye
-MIRROR="${IPTABLES_SHIM_MIRROR:-http://deb.debian.org/debian}"
-# The six names, from where the shim itself defines them.
-NAMES="$(python3 -I -c 'import sys; sys.path.insert(0, sys.argv[1]); from shim.tools import SHIM_NAMES
-print(" ".join(sorted(SHIM_NAMES)))' "$REPO")"
-ROOT_PACKAGES=python3,python3-venv,libpython3.9,binutils,ca-certificates${IPTABLES_SHIM_BUILD_INCLUDE:+,$IPTABLES_SHIM_BUILD_INCLUDE}
-STAMP=.iptables-shim-build-root
-HOST_ARCH=$(dpkg --print-architecture 2>/dev/null || uname -m | sed 's/x86_64/amd64/; s/aarch64/arm64/')
+CACHE=${IPTABLES_SHIM_BUILD_CACHE:-/var/cache/iptables-shim-build}
+ZIG_VERSION=0.14.1
+PYTHON_SOURCE=python3.11
+ZLIB_SOURCE=zlib
+BUILD_PYTHON=/usr/bin/python3.11
+JOBS=$(nproc 2>/dev/null || echo 2)
+HOST_ARCH=$(uname -m | sed 's/x86_64/amd64/; s/aarch64/arm64/')
 ARCH=$HOST_ARCH
-# aarch64 ELF executables, for the kernel's binfmt_misc: Debian's qemu-aarch64 magic and mask
-# (qemu-user-static's /usr/lib/binfmt.d/qemu-aarch64.conf). F: the interpreter is opened when the
-# entry is registered, so it need not exist inside the chroot.
-BINFMT_ARM64=':iptables-shim-arm64:M::\x7f\x45\x4c\x46\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\xb7\x00:\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff:/usr/bin/qemu-aarch64-static:F'
+# The names, from where the shim itself defines them.
+NAMES="$("$BUILD_PYTHON" -I -c 'import sys; sys.path.insert(0, sys.argv[1]); from shim.tools import SHIM_NAMES
+print(" ".join(sorted(SHIM_NAMES)))' "$REPO")"
+# Debian's series for python3.11 also carries its layout for a system Python (multiarch, distutils
+# schemes, ...): not ours. The security and crash fixes are.
+PATCHES='^(CVE-.*|.*gh-[0-9]+.*|shutdown-deadlock\.diff|frame_dealloc-crash\.diff|relfile-nullptr-dereference\.patch)$'
+
+UNUSED_MODULES="_decimal pyexpat _elementtree _codecs_cn _codecs_hk _codecs_iso2022 _codecs_jp _codecs_kr
+_codecs_tw _multibytecodec audioop ossaudiodev _lsprof _xxsubinterpreters xxsubtype cmath _statistics
+_zoneinfo _asyncio _crypt spwd _posixshmem _multiprocessing xxlimited xxlimited_35 _ctypes_test
+_testbuffer _testimportmultiple _testmultiphase _testinternalcapi _testcapi _testclinic"
 
 say() { echo "build.sh: $*" >&2; }
 die() { echo "build.sh: $*" >&2; exit 1; }
 
-# pyinstaller_build PYTHON WORK SRC OUT [onefile]: venv in WORK/venv, PyInstaller from PyPI, build
-# SRC's spec into OUT. Runs on the host (--host) or inside the build root (--inside).
-pyinstaller_build() {
-    local python=$1 work=$2 src=$3 out=$4 onefile=${5:-}
-    if [ ! -x "$work/venv/bin/pyinstaller" ] || ! "$work/venv/bin/pyinstaller" --version 2>/dev/null | grep -qx "$PYINSTALLER_VERSION"; then
-        rm -rf "$work/venv"
-        "$python" -m venv "$work/venv"
-        "$work/venv/bin/pip" install -q --disable-pip-version-check "pyinstaller==$PYINSTALLER_VERSION"
-    fi
-    rm -rf "$out/iptables-shim" "$out/onefile"
-    "$work/venv/bin/pyinstaller" --noconfirm --log-level WARN --distpath "$out" --workpath "$work/pyi" \
-        "$src/packaging/iptables-shim.spec"
-    # An excluded module the shim imports would make the frozen shim quietly take a fallback
-    # (or fail) where the source shim does not: refuse the build instead.
-    # (ctypes is excluded on purpose: see the spec.)
-    if grep -E "^excluded module named .* imported by .*shim\." "$work/pyi/iptables-shim/warn-iptables-shim.txt" |
-        grep -v "^excluded module named ctypes " >&2; then
-        die "the spec excludes a module that shim/ imports (above): remove it from EXCLUDES"
-    fi
-    if [ -n "$onefile" ]; then
-        IPTABLES_SHIM_ONEFILE=1 "$work/venv/bin/pyinstaller" --noconfirm --log-level WARN \
-            --distpath "$out/onefile" --workpath "$work/pyi-onefile" "$src/packaging/iptables-shim.spec"
-    fi
+triple() { case $1 in amd64) echo x86_64-linux-musl ;; arm64) echo aarch64-linux-musl ;; esac; }
+
+# zig from its PyPI wheel, unpacked (no venv: the wheel is the toolchain).
+ensure_zig() {
+    ZIG=$CACHE/zig-$ZIG_VERSION/ziglang/zig
+    [ -x "$ZIG" ] && return 0
+    local dl platform
+    platform=$([ "$HOST_ARCH" = amd64 ] && echo manylinux_2_12_x86_64 || echo manylinux2014_aarch64)
+    dl=$(mktemp -d)
+    say "fetching ziglang $ZIG_VERSION from PyPI"
+    "$BUILD_PYTHON" -m pip download -q --disable-pip-version-check --no-deps --only-binary :all: \
+        --platform "$platform" --python-version 3.11 "ziglang==$ZIG_VERSION" -d "$dl" ||
+        die "could not fetch ziglang==$ZIG_VERSION from PyPI (pip download)"
+    rm -rf "$CACHE/zig-$ZIG_VERSION"
+    "$BUILD_PYTHON" -m zipfile -e "$dl"/ziglang-*.whl "$CACHE/zig-$ZIG_VERSION"
+    rm -rf "$dl"
+    chmod +x "$ZIG"
 }
 
-# The six names (and nothing else) as links beside the executable: relative, so the directory
-# can be copied or moved as a whole.
-add_links() {
-    local dir=$1 n
-    for n in $NAMES; do
-        ln -sfn iptables-shim "$dir/$n"
+# cc, ar, ranlib for a target as commands configure scripts can take.
+toolchain() {
+    local t=$1 dir=$CACHE/zig-$ZIG_VERSION/bin-$1
+    mkdir -p "$dir" "$CACHE/zig-cache"
+    printf '#!/bin/sh\nexport ZIG_GLOBAL_CACHE_DIR=%s ZIG_LOCAL_CACHE_DIR=%s\nexec %s cc -target %s "$@"\n' \
+        "$CACHE/zig-cache" "$CACHE/zig-cache" "$ZIG" "$t" >"$dir/cc"
+    printf '#!/bin/sh\nexec %s ar "$@"\n' "$ZIG" >"$dir/ar"
+    printf '#!/bin/sh\nexec %s ranlib "$@"\n' "$ZIG" >"$dir/ranlib"
+    chmod +x "$dir"/*
+    echo "$dir"
+}
+
+# Debian's source packages, downloaded once: `apt-get source --download-only`.
+ensure_sources() {
+    local src=$CACHE/src p
+    mkdir -p "$src"
+    for p in $PYTHON_SOURCE $ZLIB_SOURCE; do
+        ls "$src/${p}_"*.dsc >/dev/null 2>&1 && continue
+        say "fetching Debian's source of $p"
+        (cd "$src" && apt-get source -qq --download-only "$p" >/dev/null 2>&1) ||
+            die "apt-get source $p failed: add a deb-src entry (bash .ci/setup does) and apt-get update"
     done
 }
 
-# in_root ROOT CMD...: CMD chrooted into ROOT, in a private mount namespace with /proc and /dev
-# mounted there (gone when it ends). For a foreign architecture, also in a private user namespace
-# (ids mapped one to one: files get their real owners) and PID namespace, whose own binfmt_misc
-# instance (Linux 6.7+) runs the tree's executables with qemu-user-static: nothing is registered
-# on the machine itself.
-in_root() {
-    local root=$1 enter='mount -t proc proc "$1/proc" && mount --rbind /dev "$1/dev" && r=$1 && shift && exec chroot "$r" "$@"'
-    shift
-    if [ "$ARCH" = "$HOST_ARCH" ]; then
-        unshare -m --propagation private sh -c "$enter" sh "$root" "$@"
-        return
-    fi
-    local sync pid rc=0
-    sync=$(mktemp -d)
-    mkfifo "$sync/go"
-    unshare --user --mount --pid --fork --kill-child sh -c '
-        read _ <"$1" && shift &&
-        mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc &&
-        printf "%s" "$1" >/proc/sys/fs/binfmt_misc/register && shift && '"$enter" \
-        sh "$sync/go" "$BINFMT_ARM64" "$root" "$@" &
-    pid=$!
-    # The maps can be written once unshare has made the namespace; then let it go on.
-    while [ "$(readlink "/proc/$pid/ns/user")" = "$(readlink /proc/self/ns/user)" ]; do sleep 0.02; done
-    echo "0 0 4294967295" >"/proc/$pid/uid_map"
-    echo "0 0 4294967295" >"/proc/$pid/gid_map"
-    echo go >"$sync/go"
-    wait "$pid" || rc=$?
-    rm -rf "$sync"
-    return "$rc"
-}
+# source_version PACKAGE: the Debian version of the downloaded source (e.g. 3.11.2-6+deb12u8).
+source_version() { sed -n 's/^Version: //p' "$CACHE/src/$1_"*.dsc | head -1; }
+source_file() { ls "$CACHE/src/$1_"*"$2" | head -1; }
 
-# A kernel in the build root is there to boot the tree as a VM (tests/vm.py, virtio disk). Its
-# initrd gets only what mounts that disk (MODULES=list plus a hook forcing the virtio and ext4
-# modules): initramfs-tools' default copies most of the kernel's modules and compresses them, all
-# emulated. Written after debootstrap's first stage, before the second configures the kernel.
-vm_initramfs() {
-    local root=$1
-    mkdir -p "$root/etc/initramfs-tools/conf.d" "$root/etc/initramfs-tools/hooks"
-    printf 'MODULES=list\nCOMPRESS=gzip\n' >"$root/etc/initramfs-tools/conf.d/iptables-shim-vm"
-    cat >"$root/etc/initramfs-tools/hooks/iptables-shim-vm" <<'HOOK'
-#!/bin/sh
-[ "$1" = prereqs ] && exit 0
-. /usr/share/initramfs-tools/hook-functions
-for m in virtio_pci virtio_mmio virtio_blk ext4; do force_load "$m"; done
-HOOK
-    chmod 755 "$root/etc/initramfs-tools/hooks/iptables-shim-vm"
-}
+# build_python ARCH: the static interpreter in $CACHE/python-ARCH/ (python and Lib/), made again
+# when any of its inputs changes (the stamp).
+build_python() {
+    local arch=$1 t bin work stamp key deps
+    t=$(triple "$arch")
+    work=$CACHE/python-$arch
+    stamp=$work/.stamp
+    key="$ZIG_VERSION $(source_version $PYTHON_SOURCE) $(source_version $ZLIB_SOURCE) $(
+        cat "$REPO/packaging/launcher/"* "$0" | sha256sum | cut -c1-16)"
+    [ "$(cat "$stamp" 2>/dev/null)" = "$key" ] && [ -x "$work/python" ] && return 0
+    local t0=$SECONDS
+    bin=$(toolchain "$t")
+    rm -rf "$work"
+    mkdir -p "$work/deps"
+    deps=$work/deps
+    say "building zlib for $t"
+    mkdir -p "$work/zlib"
+    tar -xjf "$(source_file $ZLIB_SOURCE .orig.tar.bz2)" -C "$work/zlib" --strip-components=1
+    (cd "$work/zlib" && CC="$bin/cc" AR="$bin/ar" RANLIB="$bin/ranlib" CFLAGS="-O2 -fPIC" \
+        ./configure --static --prefix="$deps" && make -j"$JOBS" libz.a && make install) \
+        >"$work/zlib.log" 2>&1 || die "zlib build failed, see $work/zlib.log"
 
-ensure_build_root() {
-    local root=$1 foreign=()
-    # The stamp holds the suite, architecture and package list: a root made otherwise is made again.
-    [ "$(cat "$root/$STAMP" 2>/dev/null)" = "$SUITE $ARCH $ROOT_PACKAGES" ] && return 0
-    command -v debootstrap >/dev/null || die "debootstrap is missing: apt-get install -y debootstrap (or use --host)"
-    if [ "$ARCH" != "$HOST_ARCH" ]; then
-        [ "$ARCH" = arm64 ] || die "--arch $ARCH: only arm64 can be built on this $HOST_ARCH machine"
-        [ -x /usr/bin/qemu-aarch64-static ] || die "qemu-user-static is missing: apt-get install -y qemu-user-static"
-        foreign=(--arch="$ARCH" --foreign)
-    fi
-    say "creating the $SUITE $ARCH build root in $root (debootstrap: a minute native, several emulated)"
-    rm -rf "$root"
-    mkdir -p "$(dirname "$root")"
-    debootstrap ${foreign[@]+"${foreign[@]}"} --variant=minbase --include="$ROOT_PACKAGES" "$SUITE" "$root" "$MIRROR" \
-        >"$root.log" 2>&1 || die "debootstrap failed, see $root.log"
-    if [ ${#foreign[@]} -gt 0 ]; then
-        case ",$ROOT_PACKAGES," in *,linux-image-*) vm_initramfs "$root" ;; esac
-        # container=lxc: debootstrap then skips its mknod test, which a user namespace refuses
-        # (the devices are bind-mounted from the host's /dev).
-        in_root "$root" /usr/bin/env container=lxc /debootstrap/debootstrap --second-stage >>"$root.log" 2>&1 ||
-            die "debootstrap --second-stage (emulated) failed, see $root.log"
-    fi
-    echo "$SUITE $ARCH $ROOT_PACKAGES" >"$root/$STAMP"
-}
-
-# Build inside the bullseye tree: copy the sources in, run this script there with --inside, copy
-# the result out. /proc and /dev are mounted in a private mount namespace, gone when it ends.
-portable_build() {
-    local root=$1 out=$2 onefile=$3
-    [ "$(id -u)" = 0 ] || die "the portable build needs root (debootstrap, chroot); use --host for a local build"
-    ensure_build_root "$root"
-    rm -rf "$root/opt/build/src" "$root/opt/build/out"
-    mkdir -p "$root/opt/build/src" "$root/opt/build/out"
-    cp -a "$REPO/shim" "$REPO/packaging" "$root/opt/build/src/"
-    find "$root/opt/build/src" -name __pycache__ -prune -exec rm -rf {} +
-    cp -L /etc/resolv.conf "$root/etc/resolv.conf" 2>/dev/null || true
-    local pass=() v ca="${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}"
-    for v in http_proxy https_proxy no_proxy HTTP_PROXY HTTPS_PROXY NO_PROXY PIP_INDEX_URL; do
-        [ -n "${!v:-}" ] && pass+=("$v=${!v}")
+    say "building CPython $(source_version $PYTHON_SOURCE) for $t (static, musl)"
+    local py=$work/cpython series p
+    mkdir -p "$py" "$work/debian"
+    tar -xzf "$(source_file $PYTHON_SOURCE .orig.tar.gz)" -C "$py" --strip-components=1
+    tar -xJf "$(source_file $PYTHON_SOURCE .debian.tar.xz)" -C "$work/debian"
+    series=$work/debian/debian/patches
+    for p in $(grep -v '^#' "$series/series" | grep -E "$PATCHES"); do
+        patch -d "$py" -p1 -s <"$series/$p" || die "Debian's patch $p does not apply"
+        echo "$p" >>"$work/patches-applied"
     done
-    # pip in the build root trusts what the host trusts (a site CA in front of PyPI, say).
-    if [ -f "$ca" ]; then
-        cp -L "$ca" "$root/opt/build/host-ca.crt"
-        pass+=("PIP_CERT=/opt/build/host-ca.crt")
-    fi
-    in_root "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LC_ALL=C.UTF-8 \
-        PYINSTALLER_VERSION="$PYINSTALLER_VERSION" ${pass[@]+"${pass[@]}"} \
-        /bin/bash /opt/build/src/packaging/build.sh --inside ${onefile:+--onefile}
-    rm -rf "$out/iptables-shim" "$out/onefile"
-    mkdir -p "$out"
-    cp -a "$root/opt/build/out/iptables-shim" "$out/"
-    [ -z "$onefile" ] || cp -a "$root/opt/build/out/onefile" "$out/"
+    cp "$REPO/packaging/launcher/main.c" "$py/Programs/python.c"
+    cp "$REPO/packaging/launcher/shimsys.c" "$py/Modules/_iptables_shim.c"
+    # Built in: the standard library's modules (below), and the shim's own; not built: what no
+    # module of lib/ imports (decimal, XML, the CJK codecs, audio, profiling, subinterpreters).
+    printf '*static*\n_iptables_shim _iptables_shim.c\n*disabled*\n%s\n' "$UNUSED_MODULES" >"$py/Modules/Setup.local"
+    # Cross-compiling: what configure cannot run a program to find out.
+    printf 'ac_cv_file__dev_ptmx=yes\nac_cv_file__dev_ptc=no\nac_cv_buggy_getaddrinfo=no\n' >"$work/config.site"
+    (cd "$py" && CONFIG_SITE="$work/config.site" MODULE_BUILDTYPE=static PKG_CONFIG=/bin/false \
+        CC="$bin/cc" AR="$bin/ar" RANLIB="$bin/ranlib" READELF=/bin/true \
+        CFLAGS="-O2 -Wno-date-time" CPPFLAGS="-I$deps/include" LDFLAGS="-static -s -L$deps/lib" \
+        ZLIB_CFLAGS="-I$deps/include" ZLIB_LIBS="-L$deps/lib -lz" \
+        ./configure --host="$t" --build="$(uname -m)-linux-gnu" --with-build-python="$BUILD_PYTHON" \
+            --disable-shared --without-ensurepip --disable-test-modules --without-doc-strings \
+            --with-pymalloc --prefix=/nonexistent &&
+        # configure builds Setup.stdlib's modules into the executable only for WASM; elsewhere it
+        # makes them shared libraries, which a static executable cannot load: built in, here.
+        sh Modules/makesetup -c Modules/config.c.in -s Modules Modules/Setup.local Modules/Setup.stdlib \
+            Modules/Setup.bootstrap Modules/Setup && mv config.c Modules/ &&
+        make -j"$JOBS" python) >"$work/cpython.log" 2>&1 || die "CPython build failed, see $work/cpython.log"
+    cp "$py/python" "$work/python"
+    rm -rf "$work/Lib"
+    cp -a "$py/Lib" "$work/Lib"
+    rm -rf "$py" "$work/zlib" "$work/debian"
+    echo "$key" >"$stamp"
+    say "CPython for $t built in $((SECONDS - t0)) s"
+}
+
+# The standard library modules the shim and its entry import (modulefinder follows every import,
+# function-level ones included), compiled for -OO like the interpreter runs them; encodings whole,
+# since codecs are looked up by name at run time.
+assemble_lib() {
+    local work=$1 lib=$2
+    "$BUILD_PYTHON" -I - "$REPO" "$work/Lib" "$lib" <<'PY'
+import modulefinder, os, py_compile, sys
+repo, stdlib, out = sys.argv[1:]
+finder = modulefinder.ModuleFinder(path=[os.path.join(repo, "packaging"), repo, stdlib])
+finder.run_script(os.path.join(repo, "packaging", "entry.py"))
+for name in ("shim.cli", "shim.resolve", "shim.doctor", "shim.install", "encodings"):
+    finder.import_hook(name, fromlist=["*"])
+files = {m.__file__ for m in finder.modules.values() if m.__file__ and m.__file__.endswith(".py")}
+files |= {os.path.join(stdlib, "encodings", f) for f in os.listdir(os.path.join(stdlib, "encodings")) if f.endswith(".py")}
+for src in sorted(files):
+    if src == os.path.join(repo, "packaging", "entry.py"):
+        rel = "iptables_shim_entry.py"
+    elif src.startswith(stdlib + os.sep):
+        rel = os.path.relpath(src, stdlib)
+    elif src.startswith(os.path.join(repo, "shim") + os.sep):
+        rel = os.path.relpath(src, repo)
+    else:
+        sys.exit("build.sh: %s is neither the shim's nor the standard library's" % src)
+    dst = os.path.join(out, rel + "c")
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    # Sourceless bytecode beside where the .py would be: imported without a __pycache__ lookup.
+    py_compile.compile(src, cfile=dst, dfile=rel, doraise=True, optimize=2,
+                       invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+print(len(files))
+PY
+}
+
+assemble_tree() {
+    local arch=$1 out=$2 work=$CACHE/python-$1 tree=$2/iptables-shim n
+    rm -rf "$tree"
+    mkdir -p "$tree/lib"
+    cp "$work/python" "$tree/iptables-shim"
+    n=$(assemble_lib "$work" "$tree/lib")
+    cp "$REPO/packaging/iptables-shim.frozen" "$tree/"
+    for n2 in $NAMES; do ln -sfn iptables-shim "$tree/$n2"; done
+    {
+        printf 'python\t%s\tdebian-source %s %s\n' "$(source_version $PYTHON_SOURCE | cut -d- -f1)" \
+            "$PYTHON_SOURCE" "$(source_version $PYTHON_SOURCE)"
+        printf 'zlib\t%s\tdebian-source %s %s\n' "$(source_version $ZLIB_SOURCE | sed 's/[.]dfsg.*//; s/-.*//')" \
+            "$ZLIB_SOURCE" "$(source_version $ZLIB_SOURCE)"
+        printf 'musl\t%s\tpypi ziglang %s\n' "$(sed -n 's/^#define VERSION "\(.*\)"/\1/p' \
+            "$CACHE/zig-$ZIG_VERSION/ziglang/lib/libc/musl/src/internal/version.h")" "$ZIG_VERSION"
+        printf 'iptables-shim\t%s\tsource %s\n' "$(sed -n 's/^version = "\(.*\)"$/\1/p' "$REPO/pyproject.toml" | head -1)" \
+            "$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    } >"$tree/BUILDINFO"
+    say "built $tree ($arch, $n modules in lib/, $(du -sh "$tree" | cut -f1))"
 }
 
 main() {
-    local mode=portable out= onefile= root
+    local out=
     while [ $# -gt 0 ]; do
         case $1 in
             --arch) ARCH=$2; shift ;;
-            --host) mode=host ;;
-            --inside) mode=inside ;;
-            --onefile) onefile=1 ;;
             --out) out=$(realpath -m "$2"); shift ;;
-            -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+            -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
             *) die "unknown option $1 (see --help)" ;;
         esac
         shift
     done
     case $ARCH in amd64|arm64) ;; *) die "--arch $ARCH: amd64 or arm64" ;; esac
-    [ "$mode" != host ] || [ "$ARCH" = "$HOST_ARCH" ] || die "--host builds for this machine's $HOST_ARCH only"
-    if [ "$ARCH" = "$HOST_ARCH" ]; then
-        out=${out:-$REPO/dist}
-        root=${IPTABLES_SHIM_BUILD_ROOT:-/var/cache/iptables-shim-build/$SUITE}
-    else
-        out=${out:-$REPO/dist/$ARCH}
-        root=${IPTABLES_SHIM_BUILD_ROOT:-/var/cache/iptables-shim-build/$SUITE-$ARCH}
+    [ -x "$BUILD_PYTHON" ] || die "$BUILD_PYTHON is needed (Debian's python3.11: apt-get install -y python3)"
+    if [ -z "$out" ]; then
+        out=$REPO/dist
+        [ "$ARCH" = "$HOST_ARCH" ] || out=$REPO/dist/$ARCH
     fi
-    local t0=$SECONDS
-    case $mode in
-        inside) pyinstaller_build /usr/bin/python3 /opt/build /opt/build/src /opt/build/out "$onefile"; return ;;
-        host)
-            [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null ||
-                die "/usr/bin/python3 with venv is needed: apt-get install -y python3-venv"
-            pyinstaller_build /usr/bin/python3 "$REPO/build" "$REPO" "$out" "$onefile" ;;
-        portable) portable_build "$root" "$out" "$onefile" ;;
-    esac
-    add_links "$out/iptables-shim"
-    [ -z "$onefile" ] || add_links "$out/onefile"
-    say "built $out/iptables-shim ($mode, $ARCH, $((SECONDS - t0)) s); glibc needed: $(
-        objdump -T "$out"/iptables-shim/_internal/libpython3*.so* 2>/dev/null | grep -o 'GLIBC_[0-9.]*' | sort -V | tail -1 || echo '?')"
+    ensure_zig
+    ensure_sources
+    build_python "$ARCH"
+    assemble_tree "$ARCH" "$out"
 }
 
 main "$@"

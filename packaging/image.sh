@@ -39,7 +39,7 @@ b manifest create "$manifest" >/dev/null
 for spec in "${trees[@]}"; do
     arch=${spec%%=*} tree=${spec#*=}
     case $arch in amd64|arm64) ;; *) die "architecture $arch: amd64 or arm64" ;; esac
-    [ -x "$tree/iptables-shim" ] && [ -f "$tree/_internal/iptables-shim.frozen" ] ||
+    [ -x "$tree/iptables-shim" ] && [ -f "$tree/iptables-shim.frozen" ] ||
         die "$tree is not a frozen tree (packaging/build.sh --arch $arch makes one)"
     # The ELF header must say the architecture the image claims (e_machine: 62 x86-64, 183 aarch64).
     machine=$(od -An -t u2 -j 18 -N 2 "$tree/iptables-shim" | tr -d ' ')

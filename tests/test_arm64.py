@@ -1,24 +1,21 @@
-"""The frozen shim for arm64, built on this x86-64 machine: `packaging/build.sh --arch arm64`.
-
-The build runs in a Debian bullseye arm64 tree whose programs (debootstrap's second stage, pip,
-PyInstaller) run under qemu-user-static, through a binfmt_misc entry registered only inside a
-private user namespace (build.sh, in_root). Shown here: the tree is aarch64 (ELF e_machine 183),
-whole (the six names, the marker, libpython), portable (glibc <= bullseye's 2.31), and
-packaging/image.sh makes its FROM-scratch image for linux/arm64 holding that executable.
+"""The frozen shim for arm64, cross-compiled on this x86-64 machine: `packaging/build.sh --arch
+arm64` (zig targets aarch64-linux-musl; nothing runs emulated). Shown here: the tree is aarch64
+(ELF e_machine 183), whole (the six names, the marker), needs nothing from the image (no
+interpreter, no library), and packaging/image.sh makes its FROM-scratch image for linux/arm64
+holding that executable.
 
 And in an aarch64 VM (mark `vm`; tests/vm.py with arch="arm64": qemu-system-aarch64 -M virt, TCG,
 Debian bullseye's arm64 kernel 5.10), the frozen aarch64 shim decides on that real kernel, read back
 with the real save binaries: legacy rules -> legacy, nft rules -> nft, an empty netns -> the image's
 alias (legacy, then nft); detection loads no module. qemu-user does not pass NETLINK_NETFILTER
 through, so the probes must run under a real arm64 kernel, not emulated beside this one. The VM's
-disk is the arm64 build root itself: IPTABLES_SHIM_BUILD_INCLUDE adds the kernel, iptables and
-nftables to its one emulated debootstrap (a second foreign debootstrap would cost ~13 min).
-IPTABLES_SHIM_TEST_ARM64_VM=0 turns the VM off (not the build root's extra packages: the cached
-root stays the same either way).
+disk is made from a bullseye arm64 root with the kernel, iptables and nftables
+(tests/arm64-root.sh: a foreign debootstrap whose second stage runs under qemu-user-static, in a
+private user namespace). IPTABLES_SHIM_TEST_ARM64_VM=0 turns the VM off.
 
 Cached like the image tests (tests/images): the tree and the build in
 $IPTABLES_SHIM_TEST_CACHE (default /var/cache/iptables-shim-tests), rebuilt when shim/ or
-packaging/ change; IPTABLES_SHIM_TEST_FRESH=1 builds from scratch. Mark `images`.
+packaging/ change (the interpreter itself only when its sources or toolchain do); IPTABLES_SHIM_TEST_FRESH=1 builds from scratch. Mark `images`.
 """
 
 import json
@@ -30,20 +27,20 @@ import pytest
 
 import vm
 from conftest import REPO
-from images import VERSION, Workspace, elf_machine, source_key
+from images import VERSION, Workspace, elf_machine
 from test_vm_kernels import COLD, MAIN, field, landed_of, script
 
 pytestmark = [
     pytest.mark.images,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root: debootstrap, namespaces, buildah"),
     pytest.mark.skipif(os.environ.get("IPTABLES_SHIM_TEST_ARM64") == "0",
-                       reason="IPTABLES_SHIM_TEST_ARM64=0: the emulated arm64 build (8-15 min from scratch) is off"),
+                       reason="IPTABLES_SHIM_TEST_ARM64=0: the arm64 tests are off"),
     pytest.mark.skipif(not os.path.exists("/usr/bin/qemu-aarch64-static"),
                        reason="needs qemu-user-static (apt-get install -y qemu-user-static)"),
 ]
 
 EM_AARCH64 = 183
-# In the build root's one debootstrap (build.sh), so that it boots as the test VM.
+# In the VM root's one debootstrap (tests/arm64-root.sh).
 VM_PACKAGES = "linux-image-arm64,initramfs-tools,kmod,iptables,nftables,iproute2,util-linux"
 
 
@@ -58,18 +55,20 @@ class Arm64(object):
 def arm64():
     ws = Workspace.open()
     try:
-        key = source_key() + " " + VM_PACKAGES
-        out = os.path.join(ws.root, "dist-arm64")
         root = os.path.join(ws.trees, "bullseye-arm64-vm")
-        stamp = os.path.join(out, ".source-key")
-        if not (os.path.exists(stamp) and open(stamp).read() == key
-                and os.path.exists(os.path.join(root, ".iptables-shim-build-root"))):
-            env = dict(os.environ, IPTABLES_SHIM_BUILD_ROOT=root, IPTABLES_SHIM_BUILD_INCLUDE=VM_PACKAGES)
-            ws.run([os.path.join(REPO, "packaging", "build.sh"), "--arch", "arm64", "--out", out],
-                   what="packaging/build.sh --arch arm64 (emulated)", env=env, timeout=3600)
-            with open(stamp, "w") as f:
-                f.write(key)
-        yield Arm64(ws, os.path.join(out, "iptables-shim"), root)
+        # The VM's root debootstraps (emulated) while the tree cross-compiles.
+        vm_root = None
+        if os.environ.get("IPTABLES_SHIM_TEST_ARM64_VM") != "0":
+            vm_root = subprocess.Popen([os.path.join(REPO, "tests", "arm64-root.sh"), root, VM_PACKAGES],
+                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            dist, _ = ws.frozen("arm64")
+        finally:
+            if vm_root is not None:
+                out = vm_root.communicate(timeout=3600)[0]
+                ws.log("tests/arm64-root.sh rc=%d" % vm_root.returncode)
+                assert vm_root.returncode == 0, out.decode("utf-8", "replace")[-3000:]
+        yield Arm64(ws, os.path.join(dist, "iptables-shim"), root)
     finally:
         ws.close()
 
@@ -77,17 +76,14 @@ def arm64():
 def test_the_tree_is_aarch64_and_whole(arm64):
     tree = arm64.tree
     assert elf_machine(os.path.join(tree, "iptables-shim")) == EM_AARCH64
-    libs = [n for n in os.listdir(os.path.join(tree, "_internal")) if n.startswith("libpython3")]
-    assert libs and all(elf_machine(os.path.join(tree, "_internal", n)) == EM_AARCH64 for n in libs), libs
-    assert os.path.isfile(os.path.join(tree, "_internal", "iptables-shim.frozen"))
+    assert os.path.isfile(os.path.join(tree, "iptables-shim.frozen"))
     for name in ("iptables", "iptables-save", "iptables-restore", "ip6tables", "ip6tables-save", "ip6tables-restore"):
         assert os.readlink(os.path.join(tree, name)) == "iptables-shim", name
-    # Portable: no glibc symbol newer than bullseye's 2.31 (objdump reads foreign ELF files too).
-    r = subprocess.run("objdump -T %s/iptables-shim %s/_internal/*.so* | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -1"
-                       % (tree, tree), shell=True, stdout=subprocess.PIPE)
-    version = r.stdout.decode().strip()
-    arm64.ws.log("arm64 tree needs %s" % version)
-    assert version and tuple(int(x) for x in version[6:].split(".")) <= (2, 31), version
+    # Needs nothing from the image: no interpreter, no library (tests/test_frozen_tree.py holds
+    # the same for amd64).
+    r = subprocess.run(["readelf", "-ld", os.path.join(tree, "iptables-shim")], stdout=subprocess.PIPE, check=True)
+    headers = r.stdout.decode()
+    assert "INTERP" not in headers and "(NEEDED)" not in headers, headers
 
 
 def test_the_arm64_image_holds_the_aarch64_tree(arm64):

@@ -60,6 +60,12 @@ def setns_function():
     if hasattr(os, "setns"):
         return os.setns
     try:
+        from _iptables_shim import setns  # the frozen tree's builtin (packaging/launcher/shimsys.c)
+
+        return setns
+    except ImportError:
+        pass
+    try:
         return _LibcSetns()
     except (ImportError, AttributeError, TypeError, OSError):
         return None

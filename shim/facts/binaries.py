@@ -45,7 +45,7 @@ def search_dirs(path_env):
     return dirs
 
 
-FROZEN_MARK = "_internal/iptables-shim.frozen"  # beside a frozen shim's executable
+FROZEN_MARK = "iptables-shim.frozen"  # beside a frozen shim's executable (packaging/build.sh)
 SHIM_MARK = b"from shim.main import main"  # the entry script's own line: found in a copy of it too
 
 

@@ -200,9 +200,18 @@ def walk(blob, info, entry, all_chains=True):
 
 
 class Sockopt(object):
-    """getsockopt(2) with an in/out buffer, through the _ctypes extension (ctypes as a fallback)."""
+    """getsockopt(2) with an in/out buffer: the frozen tree's builtin _iptables_shim
+    (packaging/launcher/shimsys.c: a static executable has no C library symbols for _ctypes to
+    find), else through the _ctypes extension (ctypes as a fallback)."""
 
     def __init__(self):
+        try:
+            from _iptables_shim import getsockopt
+        except ImportError:
+            pass
+        else:
+            self.get = getsockopt  # the same contract as get() below
+            return
         try:
             import _ctypes
 

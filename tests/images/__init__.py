@@ -5,8 +5,8 @@ No registry is reachable, so every image starts as a local `debootstrap --varian
 variants are layered with buildah from tests/images/alias.Containerfile and packaging/Containerfile.
 
 Everything is cached between local runs in $IPTABLES_SHIM_TEST_CACHE (default
-/var/cache/iptables-shim-tests): trees (stamp files), the frozen build (keyed on a hash of shim/ and
-packaging/), images (tagged with a hash of what they were made from). With
+/var/cache/iptables-shim-tests): trees (stamp files), the frozen builds and their toolchain (keyed on a hash of
+shim/ and packaging/), images (tagged with a hash of what they were made from). With
 IPTABLES_SHIM_TEST_FRESH=1 (what .ci/run sets) a new empty cache is used and removed afterwards, so
 CI builds everything from scratch. Every step and its duration goes to logs/images.log in the cache.
 """
@@ -127,26 +127,28 @@ class Workspace(object):
         debootstrap.finish(run, 1800, self.log, AssertionError)
 
     # -- the frozen build ------------------------------------------------------------------------
-    def frozen(self):
-        """dist/ with iptables-shim/ (onedir) and onefile/, built by packaging/build.sh in a
-        bullseye tree of its own; rebuilt when shim/ or packaging/ changed."""
+    def frozen(self, arch="amd64"):
+        """(dist, key): dist/iptables-shim is the frozen tree for `arch` (amd64, or arm64
+        cross-compiled), built by packaging/build.sh with its toolchain and interpreter cached in
+        this workspace (so a fresh workspace builds them too); rebuilt when shim/ or packaging/
+        changed."""
         import fcntl
         # Several suites (and developers' runs) may ask at once: one builds, the others wait.
         with open(os.path.join(self.root, "dist.lock"), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            return self._frozen()
+            return self._frozen(arch)
 
-    def _frozen(self):
+    def _frozen(self, arch):
         key = source_key()
-        out = os.path.join(self.root, "dist")
+        out = os.path.join(self.root, "dist" if arch == "amd64" else "dist-" + arch)
         stamp = os.path.join(out, ".source-key")
         current = open(stamp).read() if os.path.exists(stamp) else ""
         if current == key and os.path.isdir(os.path.join(out, "iptables-shim")):
-            self.log("frozen build cached (%s)" % key)
+            self.log("frozen build %s cached (%s)" % (arch, key))
             return out, key
-        env = dict(os.environ, IPTABLES_SHIM_BUILD_ROOT=os.path.join(self.trees, "bullseye-build"))
-        self.run([os.path.join(REPO, "packaging", "build.sh"), "--out", out, "--onefile"],
-                 what="packaging/build.sh (portable, onedir + onefile)", env=env)
+        env = dict(os.environ, IPTABLES_SHIM_BUILD_CACHE=os.path.join(self.root, "build"))
+        self.run([os.path.join(REPO, "packaging", "build.sh"), "--arch", arch, "--out", out],
+                 what="packaging/build.sh --arch %s" % arch, env=env, timeout=3600)
         with open(stamp, "w") as f:
             f.write(key)
         return out, key

@@ -1,0 +1,104 @@
+/* The frozen iptables-shim's main: CPython embedded in one static executable (packaging/build.sh
+ * links it in place of Programs/python.c). It finds its tree from its own executable, never from
+ * the environment, so that nothing the caller set (PYTHONHOME, PYTHONPATH, LD_*) changes it and
+ * nothing it needs is put into the environment the real iptables inherits (docs/images.md).
+ *
+ *   tree/iptables-shim        this executable (the six names are links to it)
+ *   tree/lib/                 the bytecode it imports: the shim and the standard library it uses
+ *
+ * Then it runs `import iptables_shim_entry` (packaging/entry.py), which dispatches on argv[0]. */
+
+#include "Python.h"
+
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/auxv.h>
+#include <unistd.h>
+
+/* Exit status of a shim that executed nothing (SPEC "Errors"). */
+#define NOTHING_RUN 127
+
+static int fail(const char *what)
+{
+    /* The one line of the shim's own errors (shim/errors.py writes the same prefix). */
+    fprintf(stderr, "iptables-shim: %s\n", what);
+    return NOTHING_RUN;
+}
+
+/* The real path of this executable: /proc/self/exe, or, where /proc is not mounted (a bare
+ * chroot), the path execve was given (AT_EXECFN) made real. */
+static int own_path(char *out)
+{
+    ssize_t n = readlink("/proc/self/exe", out, PATH_MAX - 1);
+    if (n > 0) {
+        out[n] = '\0';
+        return 0;
+    }
+    const char *execfn = (const char *)getauxval(AT_EXECFN);
+    return execfn && realpath(execfn, out) ? 0 : -1;
+}
+
+static int append_path(PyWideStringList *list, const char *path)
+{
+    wchar_t *wide = Py_DecodeLocale(path, NULL);
+    if (!wide)
+        return -1;
+    PyStatus status = PyWideStringList_Append(list, wide);
+    PyMem_RawFree(wide);
+    return PyStatus_Exception(status) ? -1 : 0;
+}
+
+int main(int argc, char **argv)
+{
+    char exe[PATH_MAX], lib[PATH_MAX + 8];
+    if (own_path(exe) != 0)
+        return fail("cannot find its own executable (neither /proc/self/exe nor AT_EXECFN): mount /proc");
+    char *slash = strrchr(exe, '/');
+    if (!slash)
+        return fail("its own executable has no directory");
+    *slash = '\0';
+    snprintf(lib, sizeof lib, "%s/lib", exe);
+    *slash = '/';
+
+    /* Isolated: no PYTHON* variables, no user site, no locale coercion (which would set LC_CTYPE
+     * in the environment the real iptables inherits), no signal handlers beyond Python's own. */
+    PyPreConfig preconfig;
+    PyPreConfig_InitIsolatedConfig(&preconfig);
+    preconfig.utf8_mode = 1; /* scratch images have no locale; argv and paths as UTF-8/bytes */
+    PyStatus status = Py_PreInitialize(&preconfig);
+    if (PyStatus_Exception(status))
+        return fail("Python pre-initialisation failed");
+
+    PyConfig config;
+    PyConfig_InitIsolatedConfig(&config);
+    config.site_import = 0;
+    config.write_bytecode = 0;
+    config.pathconfig_warnings = 0; /* nothing on the caller's stderr (SPEC "Exec") */
+    config.optimization_level = 2;
+    config.parse_argv = 0;           /* argv is the caller's iptables arguments, not Python's */
+    config.module_search_paths_set = 1;
+    int bad = append_path(&config.module_search_paths, lib) != 0;
+    wchar_t *wexe = Py_DecodeLocale(exe, NULL);
+    bad = bad || !wexe;
+    if (!bad) {
+        bad = PyStatus_Exception(PyConfig_SetString(&config, &config.executable, wexe)) ||
+              PyStatus_Exception(PyConfig_SetString(&config, &config.home, wexe)) ||
+              PyStatus_Exception(PyConfig_SetBytesArgv(&config, argc, argv)) ||
+              PyStatus_Exception(PyConfig_SetString(&config, &config.run_command, L"import iptables_shim_entry\n"));
+        PyMem_RawFree(wexe);
+    }
+    if (bad) {
+        PyConfig_Clear(&config);
+        return fail("Python configuration failed (out of memory?)");
+    }
+    status = Py_InitializeFromConfig(&config);
+    PyConfig_Clear(&config);
+    if (PyStatus_Exception(status)) {
+        if (PyStatus_IsExit(status))
+            return status.exitcode;
+        return fail("Python initialisation failed: is tree/lib whole? (packaging/build.sh)");
+    }
+    return Py_RunMain();
+}
