@@ -28,10 +28,11 @@ Measured from scratch (download, configure, make, assemble): see `root()`'s log 
 By hand: `/usr/bin/python3 tests/musl.py amd64 arm64` prints the roots' paths.
 """
 
+import gzip
 import hashlib
 import os
 import shutil
-import subprocess
+import stat
 import time
 
 import debootstrap
@@ -45,6 +46,7 @@ LOADER = {"amd64": "/lib/ld-musl-x86_64.so.1", "arm64": "/lib/ld-musl-aarch64.so
 EM = {"amd64": 62, "arm64": 183}
 # Of the target architecture: the root's own files, and the compiler's headers and start files.
 TARGET_DEBS = ("musl", "musl-dev", "linux-libc-dev", "busybox-static", "netbase")
+ARCH_ALL = ("netbase",)
 # Of this machine (amd64), for arm64: Debian's cross compiler, extracted.
 CROSS_DEBS = ("gcc-12-aarch64-linux-gnu", "cpp-12-aarch64-linux-gnu", "binutils-aarch64-linux-gnu",
               "libgcc-12-dev-arm64-cross", "libgcc-s1-arm64-cross")
@@ -52,6 +54,34 @@ CONFIGURE = ("--prefix=/usr", "--sbindir=/usr/sbin", "--disable-nftables", "--di
 # Not copied into the root: iptables-apply is a bash script (no bash here); the rest is for builds.
 LEFT_OUT = ("iptables-apply", "ip6tables-apply")
 ROOT_DIRS = ("dev", "proc", "sys", "run", "tmp", "root", "opt/iptables-shim", "usr/local/sbin", "usr/local/bin")
+
+# The aarch64 VM (tests/test_musl.py): Debian's arm64 kernel and, in its initramfs, the musl root as
+# the VM's own root, a second copy of it at /musl (the chroot the cases run in), and at /seed a
+# glibc Debian root of iptables and kmod: the machine's own binaries, which seed rules and read them
+# back, and the modprobe the kernel calls (the musl root has no nft variant to seed nft with).
+KERNEL_META = "linux-image-arm64"
+SEED_DEBS = ("libc6", "iptables", "libip4tc2", "libip6tc2", "libxtables12", "libmnl0", "libnftnl11",
+             "libnetfilter-conntrack3", "libnfnetlink0", "netbase", "kmod", "libkmod2", "liblzma5", "libzstd1",
+             "libssl3")
+# Enough of the kernel's modules for netfilter (both backends) and the 9p shares of tests/vm.py.
+VM_MODULES = ("kernel/net", "kernel/fs/9p", "kernel/fs/netfs", "kernel/fs/fscache", "kernel/drivers/virtio",
+              "kernel/lib", "kernel/crypto")
+# PID 1 in the initramfs: index the modules with the machine's depmod, bring up the PCI transport
+# of the 9p shares (a module in Debian's arm64 kernel: its initrd would load it), then vm.py's init.
+VM_INIT = """#!/bin/sh
+PATH=/usr/sbin:/usr/bin:/sbin:/bin
+export PATH
+mount -t proc proc /proc
+mount -t devtmpfs devtmpfs /dev
+chroot /seed /sbin/depmod -a "$(uname -r)"
+modprobe virtio_pci
+umount /proc
+exec /shim-vm-init
+"""
+# The kernel's module helper (/proc/sys/kernel/modprobe is /sbin/modprobe): Debian's, in /seed.
+VM_MODPROBE = """#!/bin/sh
+exec /usr/sbin/chroot /seed /sbin/modprobe "$@"
+"""
 
 # Debian's musl-gcc.specs with the sysroot's paths ({s}: sysroot, {t}: triplet, {k}: kernel headers).
 SPECS = """%rename cpp_options old_cpp_options
@@ -99,6 +129,16 @@ class Root(object):
         return "/usr/lib/" + TRIPLET[self.arch]
 
 
+class Boot(object):
+    """What tests/vm.py boots for a musl VM: kernel, initramfs, a blank disk (vm.py attaches one;
+    nothing reads it), the kernel release."""
+
+    __slots__ = ("kernel", "initrd", "image", "release")
+
+    def __init__(self, kernel, initrd, image, release):
+        self.kernel, self.initrd, self.image, self.release = kernel, initrd, image, release
+
+
 class Builder(object):
     """The musl part of a Workspace (tests/images): its directories and its private apt."""
 
@@ -134,7 +174,7 @@ class Builder(object):
         """The .deb files of names for arch, in `into` (emptied first): their paths."""
         shutil.rmtree(into, ignore_errors=True)
         os.makedirs(into)
-        self.apt("apt-get", ["download"] + ["%s:%s" % (n, arch) for n in names],
+        self.apt("apt-get", ["download"] + ["%s:%s" % (n, "all" if n in ARCH_ALL else arch) for n in names],
                  "musl: apt-get download %s (%s)" % (",".join(names)[:24], arch), cwd=into)
         return sorted(os.path.join(into, n) for n in os.listdir(into) if n.endswith(".deb"))
 
@@ -276,6 +316,102 @@ class Builder(object):
         self.ws.log("musl root %s: %s" % (arch, out.strip()))
 
 
+    # -- the aarch64 VM ----------------------------------------------------------------------------
+    def vm_boot(self, arch="arm64"):
+        """The kernel and initramfs of a VM whose root is the musl root of arch (see VM_INIT)."""
+        base = self.root(arch)
+        key = recipe_key("vm-" + arch)
+        out = os.path.join(self.top, "vm-" + arch)
+        stamp = out + ".stamp"
+        boot = lambda release: Boot(os.path.join(out, "vmlinuz"), os.path.join(out, "initrd.gz"),
+                                    os.path.join(out, "blank.img"), release)
+        if os.path.exists(stamp):
+            words = open(stamp).read().split()
+            if words[:2] == [key, base.key] and os.path.isdir(out):
+                self.ws.log("musl vm %s cached (%s)" % (arch, key))
+                return boot(words[2])
+        t0 = time.monotonic()
+        show = self.apt("apt-cache", ["show", "--no-all-versions", "%s:%s" % (KERNEL_META, arch)],
+                        "musl: apt-cache show " + KERNEL_META).stdout.decode()
+        kernel_pkg = [l.split(":", 1)[1].split()[0] for l in show.splitlines() if l.startswith("Depends:")][0]
+        debs = self.download((kernel_pkg,) + SEED_DEBS, arch, os.path.join(self.top, "debs", "vm-" + arch))
+        work = os.path.join(self.top, "build-vm-" + arch)
+        shutil.rmtree(work, ignore_errors=True)
+        tree = os.path.join(work, "tree")
+        shutil.copytree(base.path, tree, symlinks=True)
+        shutil.copytree(base.path, os.path.join(tree, "musl"), symlinks=True)
+        seed = os.path.join(tree, "seed")
+        for d in debs:
+            if not os.path.basename(d).startswith(kernel_pkg + "_"):
+                self.ws.run(["dpkg", "-x", d, seed], what="musl vm: dpkg -x " + os.path.basename(d)[:40])
+        for d in ("proc", "dev", "run", "tmp"):
+            os.makedirs(os.path.join(seed, d), exist_ok=True)
+        kx = os.path.join(work, "kernel")
+        self.ws.run(["dpkg", "-x", self.deb(debs, kernel_pkg), kx], what="musl vm: dpkg -x " + kernel_pkg)
+        releases = os.listdir(os.path.join(kx, "lib", "modules"))
+        assert len(releases) == 1, releases
+        release = releases[0]
+        modules = os.path.join(kx, "lib", "modules", release)
+        target = os.path.join(seed, "lib", "modules", release)
+        for d in VM_MODULES:
+            shutil.copytree(os.path.join(modules, d), os.path.join(target, d))
+        for n in os.listdir(modules):
+            if n.startswith("modules.") and os.path.isfile(os.path.join(modules, n)):
+                shutil.copy(os.path.join(modules, n), target)
+        os.symlink("/seed/lib/modules", os.path.join(tree, "lib", "modules"))
+        for name, text in (("init", VM_INIT), ("sbin/modprobe", VM_MODPROBE)):
+            p = os.path.join(tree, name)
+            if os.path.lexists(p):
+                os.unlink(p)
+            with open(p, "w") as f:
+                f.write(text)
+            os.chmod(p, 0o755)
+        import vm
+
+        vm._write_init(tree)
+        shutil.rmtree(out, ignore_errors=True)
+        os.makedirs(out)
+        shutil.copyfile(os.path.join(kx, "boot", "vmlinuz-" + release), os.path.join(out, "vmlinuz"))
+        with open(os.path.join(out, "blank.img"), "wb") as f:
+            f.truncate(1 << 20)
+        size = write_cpio(tree, os.path.join(out, "initrd.gz"))
+        shutil.rmtree(work, ignore_errors=True)
+        with open(stamp, "w") as f:
+            f.write("%s %s %s\n%s\n" % (key, base.key, release, "\n".join(os.path.basename(d) for d in debs)))
+        self.ws.log("musl vm %s: %s, initramfs %.1f MiB, built in %.1f s" % (
+            arch, release, size / 1048576.0, time.monotonic() - t0))
+        return boot(release)
+
+
+def write_cpio(tree, path):
+    """tree as a gzip'd newc cpio archive (the kernel's initramfs format), owned by root, with
+    /dev/console (the kernel opens it for PID 1 before anything is mounted). Its size."""
+    def header(name, mode, size, nlink=1, rdev=(0, 0), ino=[0]):
+        ino[0] += 1
+        fields = (ino[0], mode, 0, 0, nlink, 0, size, 0, 0, rdev[0], rdev[1], len(name) + 1, 0)
+        data = b"070701" + b"".join(b"%08x" % v for v in fields) + name.encode() + b"\0"
+        return data + b"\0" * (-len(data) % 4)
+
+    with gzip.open(path, "wb", compresslevel=6) as out:
+        for d, dirs, files in os.walk(tree):
+            dirs.sort()
+            for n in sorted(dirs + files):
+                p = os.path.join(d, n)
+                rel = os.path.relpath(p, tree)
+                st = os.lstat(p)
+                if stat.S_ISLNK(st.st_mode):
+                    body = os.readlink(p).encode()
+                elif stat.S_ISREG(st.st_mode):
+                    with open(p, "rb") as f:
+                        body = f.read()
+                else:
+                    body = b""
+                out.write(header(rel, st.st_mode, len(body)) + body + b"\0" * (-len(body) % 4))
+        out.write(header("dev/console", stat.S_IFCHR | 0o600, 0, rdev=(5, 1)))
+        out.write(header("TRAILER!!!", 0, 0))
+    return os.path.getsize(path)
+
+
 if __name__ == "__main__":
     import sys
 
@@ -285,6 +421,6 @@ if __name__ == "__main__":
     try:
         b = Builder(ws)
         for a in sys.argv[1:] or ["amd64"]:
-            print(b.root(a).path)
+            print(b.vm_boot("arm64").initrd if a == "vm" else b.root(a).path)
     finally:
         ws.close()

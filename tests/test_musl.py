@@ -220,7 +220,7 @@ def test_fresh_netns_the_images_alias_legacy_and_detection_changes_nothing(amd64
 def test_legacy_rules_present(amd64, netns):
     netns.ok("iptables-legacy %s" % SEED)
     amd64.chroot.ok(WRITE4, netns)
-    assert rules(netns, "legacy") == [SEED, "-A INPUT -s %s/32 -m comment --comment %s -j ACCEPT" % (ADDR4, MARK)]
+    assert sorted(rules(netns, "legacy")) == sorted([SEED, "-A INPUT -s %s/32 -m comment --comment %s -j ACCEPT" % (ADDR4, MARK)])
     assert rules(netns, "nft") == []
 
 
@@ -282,5 +282,245 @@ def test_save_restore_passthrough_with_stdin(amd64, netns):
     # stdin from the caller, straight into the real restore.
     amd64.chroot.ok([SHIM["iptables-restore"], "--noflush"], netns,
                     input=("*filter\n-A INPUT -s %s/32 -j ACCEPT\nCOMMIT\n" % ADDR4).encode())
-    assert rules(netns, "legacy") == [SEED.replace("192.0.2.1", "192.0.2.2"), "-A INPUT -s %s/32 -j ACCEPT" % ADDR4]
+    assert sorted(rules(netns, "legacy")) == sorted([SEED.replace("192.0.2.1", "192.0.2.2"), "-A INPUT -s %s/32 -j ACCEPT" % ADDR4])
     assert rules(netns, "nft") == [] and rules(netns, "nft", "ip6tables") == []
+
+
+# -- arm64: the same root in an aarch64 VM ---------------------------------------------------------
+#
+# tests/vm.py boots Debian's arm64 kernel (qemu-system-aarch64, TCG) with an initramfs whose root
+# is the arm64 musl root itself; a copy of it at /musl is the container the cases run in (a private
+# mount and PID namespace, chroot, as above), and /seed holds Debian's glibc iptables, the machine's
+# own binaries that seed each netns and read it back (tests/musl.py, Builder.vm_boot). The arm64
+# frozen tree comes from tests/test_arm64.py's build and is copied in from a 9p share. One boot
+# runs every case (~15 s), each in a netns of its own (`unshare -n`).
+
+from test_arm64 import arm64  # noqa: E402,F401  the arm64 frozen build (its fixture)
+
+VM_FUNCTIONS = r"""
+export LC_ALL=C
+S=/opt/iptables-shim
+section() { echo "=== $*"; }
+machine() { chroot /seed "$@"; }
+# inroot CMD...: CMD in the musl root as a container process with a container's PATH.
+inroot() {
+    unshare -m -p -f sh -c 'mount --bind /dev /musl/dev && mount -t proc proc /musl/proc &&
+        exec chroot /musl /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=C "$@"' \
+        inroot "$@"
+}
+# shim CMD...: CMD in the root; its exit code, stdout and stderr, one line each.
+shim() {
+    inroot "$@" > /tmp/o 2> /tmp/e; echo "call $1 rc=$?"; sed 's/^/out: /' /tmp/o; sed 's/^/err: /' /tmp/e
+}
+explain() {
+    inroot $S/iptables-shim explain --json > /tmp/x 2> /tmp/e; echo "explain rc=$? $(tr -d '\n' < /tmp/x)"
+    sed 's/^/err: /' /tmp/e
+}
+# The -A lines of both backends, read with the machine's binaries (legacy only where tables exist).
+readback() {
+    { machine iptables-nft-save; machine ip6tables-nft-save; } 2>/dev/null | sed -n 's/^-A/nft -A/p'
+    tables=$(cat /proc/net/ip_tables_names 2>/dev/null)
+    [ -z "$tables" ] || machine iptables-legacy-save | sed -n 's/^-A/legacy -A/p'
+    tables6=$(cat /proc/net/ip6_tables_names 2>/dev/null)
+    [ -z "$tables6" ] || machine ip6tables-legacy-save | sed -n 's/^-A/legacy -A/p'
+    echo "tables: $(echo $tables $tables6 | tr ' ' '\n' | sort | tr '\n' ' ')"
+}
+"""
+
+W4 = " ".join(WRITE4[1:])
+W6 = " ".join(WRITE6[1:])
+PIPE = ("$S/iptables-save | sed s,192.0.2.1/32,192.0.2.2/32, | $S/iptables-restore && "
+        "$S/ip6tables-save | sed s,2001:db8::1/128,2001:db8::2/128, | $S/ip6tables-restore")
+# name: what runs in the case's own netns (after the functions above).
+VM_CASES = {
+    "own iptables": "shim /usr/sbin/iptables -V; shim /usr/sbin/iptables %s; readback" % W4,
+    "fresh": 'a=$(readback); explain; b=$(readback); [ "$a" = "$b" ] && echo unchanged; '
+             "shim $S/iptables %s; shim $S/ip6tables %s; readback" % (W4, W6),
+    "legacy rules": "machine iptables-legacy %s; shim $S/iptables %s; readback" % (SEED, W4),
+    "nft rules": 'machine iptables-nft %s; a=$(readback); explain; shim $S/iptables %s; shim $S/iptables-save; '
+                 'b=$(readback); [ "$a" = "$b" ] && echo unchanged; readback' % (SEED, W4),
+    "nft rules plain call": "machine iptables-nft %s; shim iptables -A INPUT -s %s -j ACCEPT; readback" % (SEED, ADDR4),
+    "hint legacy": "machine iptables-legacy -t mangle -N KUBE-IPTABLES-HINT; machine iptables-nft %s; explain; "
+                   "shim $S/iptables %s; readback" % (SEED, W4),
+    "hint nft": 'machine iptables-nft -t mangle -N KUBE-IPTABLES-HINT; machine iptables-legacy %s; a=$(readback); '
+                'explain; shim $S/iptables %s; b=$(readback); [ "$a" = "$b" ] && echo unchanged; readback' % (SEED, W4),
+    "save restore": "machine iptables-legacy %s; machine ip6tables-legacy %s; shim $S/iptables-save; "
+                    "shim sh -c '%s'; printf '*filter\\n-A INPUT -s %s/32 -j ACCEPT\\nCOMMIT\\n' | "
+                    "shim $S/iptables-restore --noflush; readback" % (SEED, SEED6, PIPE.replace("$S", TREE), ADDR4),
+}
+
+
+def vm_script():
+    parts = ["cat > /tmp/fns.sh <<'FNS_EOF'\n%s\nFNS_EOF\n. /tmp/fns.sh" % VM_FUNCTIONS,
+             "mount -t proc proc /seed/proc",
+             "cp -a /mnt/arm64shim/. /musl/opt/iptables-shim/",
+             # What a node has loaded before any container runs (a container cannot load modules:
+             # iptables-legacy's own modprobe finds no /lib/modules in there).
+             "modprobe ip_tables && modprobe ip6_tables",
+             'section boot; echo "machine: $(uname -m)"; echo "release: $(uname -r)"',
+             # Before install: the root's own iptables, found on PATH.
+             "section 'own iptables'; unshare -n sh -c '. /tmp/fns.sh; %s'" % VM_CASES["own iptables"].replace("'", "'\\''"),
+             "section install; shim $S/iptables-shim install /usr/local/sbin"]
+    for name, body in VM_CASES.items():
+        if name != "own iptables":
+            parts.append("section '%s'; unshare -n sh -c '. /tmp/fns.sh; %s'" % (name, body.replace("'", "'\\''")))
+    return "\n".join(parts) + "\nexit 0\n"
+
+
+class Case(object):
+    """What one VM section printed: the calls (argv[0], rc, stdout and stderr lines), explain's
+    report, the -A lines read back per backend, the legacy tables, whether a snapshot held."""
+
+    __slots__ = ("calls", "explain", "explain_errors", "rules", "tables", "unchanged", "text")
+
+    def __init__(self, text):
+        self.text, self.calls, self.explain, self.explain_errors = text, [], None, []
+        self.rules, self.tables, self.unchanged = {"nft": [], "legacy": []}, None, "unchanged" in text.splitlines()
+        last = None
+        for line in text.splitlines():
+            m = re.match(r"^call (\S+) rc=(\d+)$", line)
+            if m:
+                last = [m.group(1), int(m.group(2)), [], []]
+                self.calls.append(last)
+            elif line.startswith("explain rc="):
+                rc, _, report = line[len("explain rc="):].partition(" ")
+                last = None
+                self.explain = json.loads(report) if rc == "0" else "rc=" + rc
+            elif line.startswith(("out: ", "err: ")):
+                if last is None:
+                    self.explain_errors.append(line)
+                else:
+                    last[2 if line.startswith("out") else 3].append(line[5:])
+            elif line.startswith(("nft -A", "legacy -A")):
+                backend, rule = line.split(" ", 1)
+                self.rules[backend] = sorted(self.rules[backend] + [rule])
+            elif line.startswith("tables:"):
+                self.tables = line[len("tables:"):].split()
+
+    def call(self, i, rc=0):
+        """The i-th call: asserted to exit rc, and with rc 0 to say nothing on stderr."""
+        name, got, out, err = self.calls[i]
+        assert got == rc and (rc != 0 or err == []), (self.calls[i], self.text)
+        return out, err
+
+    def refused(self, i):
+        """The i-th call was the shim's own one-line error naming iptables-nft (exit 127)."""
+        out, err = self.call(i, 127)
+        assert out == [] and len(err) == 1 and err[0].startswith("iptables-shim: "), self.text
+        assert "iptables-nft" in err[0], err
+        return err[0]
+
+
+@pytest.fixture(scope="module")
+def arm64_vm(arm64):  # noqa: F811
+    if os.environ.get("IPTABLES_SHIM_TEST_ARM64_VM") == "0":
+        pytest.skip("IPTABLES_SHIM_TEST_ARM64_VM=0: the aarch64 VM is off")
+    if not os.path.exists("/usr/bin/qemu-system-aarch64"):
+        pytest.skip("needs qemu-system-arm (apt-get install -y --no-install-recommends qemu-system-arm)")
+    import vm
+
+    ws = Workspace.open()
+    try:
+        b = musl.Builder(ws)
+        base = b.root("arm64")
+        boot = b.vm_boot("arm64")
+        v = vm.VMs.open()
+        try:
+            # A disk of vm.py's kind, made here: the root is the initramfs (the blank disk is unread).
+            v.disks["musl-arm64"] = vm.Disk("musl-arm64", boot.image, boot.kernel, boot.initrd, boot.release, "arm64")
+            rc, out = v.run("musl-arm64", vm_script(), shares={"arm64shim": arm64.tree})
+        finally:
+            v.close()
+    finally:
+        ws.close()
+    assert rc == 0, out
+    ws.log("musl arm64 VM output:\n" + out)
+    return base, {name: Case(text) for name, text in vm.sections(out).items()}
+
+
+def test_the_arm64_musl_root_holds_no_glibc_file_with_or_without_the_tree(arm64, tmp_path):  # noqa: F811
+    ws = Workspace.open()
+    try:
+        base = musl.Builder(ws).root("arm64")
+    finally:
+        ws.close()
+    assert elf.read(os.path.join(base.path, "usr/sbin/xtables-legacy-multi")).machine == "aarch64"
+    assert glibc_findings(base.path, base.loader) == []
+    root = str(tmp_path / "root")
+    shutil.copytree(base.path, root, symlinks=True)
+    shutil.rmtree(os.path.join(root, "opt/iptables-shim"))
+    shutil.copytree(arm64.tree, os.path.join(root, "opt/iptables-shim"), symlinks=True)
+    assert elf.read(os.path.join(root, "opt/iptables-shim/iptables-shim")).machine == "aarch64"
+    assert glibc_findings(root, base.loader, resolve_under=("/usr/", "/lib/", "/bin/", "/sbin/")) == []
+
+
+@pytest.mark.vm
+def test_arm64_vm_boots_the_arm64_kernel_and_the_roots_own_iptables_works(arm64_vm):
+    base, cases = arm64_vm
+    boot = cases["boot"].text
+    assert "machine: aarch64" in boot and re.search(r"release: \S+-arm64", boot), boot
+    own = cases["own iptables"]
+    assert own.call(0)[0][0].startswith("iptables v1.8.9 (legacy)")
+    own.call(1)
+    assert own.rules == {"nft": [], "legacy": ["-A INPUT -s %s/32 -m comment --comment %s -j ACCEPT" % (ADDR4, MARK)]}
+
+
+@pytest.mark.vm
+def test_arm64_install_into_usr_local_sbin(arm64_vm):
+    arm64_vm[1]["install"].call(0)
+
+
+@pytest.mark.vm
+def test_arm64_fresh_netns_legacy_and_detection_changes_nothing(arm64_vm):
+    c = arm64_vm[1]["fresh"]
+    assert c.explain_errors == [] and isinstance(c.explain, dict), c.text
+    assert c.explain["decision"]["backend"] == "legacy" and c.explain["context"]["value"] == "container", c.text
+    assert c.unchanged, c.text
+    c.call(0)
+    c.call(1)
+    assert c.rules["nft"] == [] and len(c.rules["legacy"]) == 2, c.text
+
+
+@pytest.mark.vm
+def test_arm64_legacy_rules_present(arm64_vm):
+    c = arm64_vm[1]["legacy rules"]
+    c.call(0)
+    assert c.rules == {"nft": [], "legacy": sorted([SEED, "-A INPUT -s %s/32 -m comment --comment %s -j ACCEPT" % (ADDR4, MARK)])}
+
+
+@pytest.mark.vm
+@pytest.mark.parametrize("name,seeded", [("nft rules", {"nft": [SEED], "legacy": []}),
+                                         ("hint nft", {"nft": [], "legacy": [SEED]})])
+def test_arm64_nft_decided_is_refused_and_nothing_written(arm64_vm, name, seeded):
+    c = arm64_vm[1][name]
+    assert isinstance(c.explain, dict) and c.explain["decision"]["backend"] == "nft", c.text
+    assert "iptables-nft" in c.explain["runs"], c.explain["runs"]
+    c.refused(0)
+    c.refused(1)
+    assert c.unchanged and c.rules == seeded, c.text
+
+
+@pytest.mark.vm
+def test_arm64_nft_rules_a_plain_call_through_path_is_refused_too(arm64_vm):
+    c = arm64_vm[1]["nft rules plain call"]
+    c.refused(0)
+    assert c.rules == {"nft": [SEED], "legacy": []} and c.tables == [], c.text
+
+
+@pytest.mark.vm
+def test_arm64_hint_in_legacy_beats_nft_rules(arm64_vm):
+    c = arm64_vm[1]["hint legacy"]
+    assert isinstance(c.explain, dict) and c.explain["decision"]["backend"] == "legacy", c.text
+    c.call(0)
+    assert c.rules == {"nft": [SEED], "legacy": ["-A INPUT -s %s/32 -m comment --comment %s -j ACCEPT" % (ADDR4, MARK)]}
+
+
+@pytest.mark.vm
+def test_arm64_save_restore_passthrough_with_stdin(arm64_vm):
+    c = arm64_vm[1]["save restore"]
+    saved = c.call(0)[0]
+    assert [l for l in saved if l.startswith("-A ")] == [SEED] and "COMMIT" in saved, c.text
+    assert c.call(1)[0] == []
+    c.call(2)
+    assert c.rules == {"nft": [], "legacy": sorted([SEED.replace("192.0.2.1", "192.0.2.2"), "-A INPUT -s %s/32 -j ACCEPT" % ADDR4,
+                                                   SEED6.replace("::1/", "::2/")])}, c.text
