@@ -18,7 +18,7 @@ from shim import cache
 from shim.config import DEBUG, LOG, SYSLOG, load_settings
 from shim.errors import ShimError
 from shim.execute import exec_real
-from shim.facts.binaries import REENTRY_MARKER
+from shim.facts.binaries import REENTRY_MARKER, is_multicall_binary
 from shim.resolve import resolve
 from shim.tools import CLI_NAME, SHIM_NAMES
 
@@ -42,7 +42,10 @@ def run_tool(name, argv, environ, shim_path, tree=None):
             r.how = "cache %s unusable, not cached" % r.store[0]
     report(r, settings)
     try:
-        exec_real(r.binary, argv, mark_reentry=shim_path if r.binary == r.found.get(name) else None)
+        # The default alias could be a script calling iptables through PATH, back into the shim:
+        # marked, unless it is iptables' own binary (then the caller's environment passes as is).
+        alias = r.binary == r.found.get(name) and not is_multicall_binary(r.binary)
+        exec_real(r.binary, argv, mark_reentry=shim_path if alias else None)
     except OSError as e:
         raise ShimError("cannot execute %s: %s" % (r.binary, e.strerror))
 

@@ -224,9 +224,6 @@ def test_real_binary_runs_with_the_roots_libraries_and_the_callers_environment(r
                     "/usr/sbin/iptables-nft")
 
 
-@pytest.mark.xfail(strict=True, reason="shim/execute.py marks the environment of a default alias it runs "
-                   "(IPTABLES_SHIM_CALLER, its loop protection): a caller without privilege gets the alias, "
-                   "and the alias sees one variable more than the caller set")
 @pytest.mark.parametrize("suite", sorted(SUITES))
 def test_unprivileged_caller_gets_the_alias_with_its_own_environment(roots, tmp_path, suite):
     """No CAP_NET_ADMIN: the shim runs the default alias, as a direct call would (SPEC "The policy")."""

@@ -125,6 +125,21 @@ def backend_from_links(path):
     return None
 
 
+def is_multicall_binary(path):
+    """Does `path` lead by links to iptables' own multi-call binary: an ELF executable named
+    xtables-{nft,legacy}-multi or xtables-multi? That binary never calls iptables through PATH, so
+    it cannot start the shim again, and an exec into it needs no re-entry mark in the environment
+    (tests/test_frozen_roots.py). A script of that name could (tests/test_loops.py)."""
+    real = link_chain(path)[-1]
+    if real.rpartition("/")[2] not in ("xtables-nft-multi", "xtables-legacy-multi", OLD_MULTI):
+        return False
+    try:
+        with open(real, "rb") as f:
+            return f.read(4) == b"\x7fELF"
+    except OSError:
+        return False
+
+
 def parse_version(text):
     """Backend from `iptables --version` output: `(nf_tables)`, `(legacy)`, or a pre-1.8 version."""
     if "(nf_tables)" in text:
