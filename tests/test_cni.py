@@ -212,10 +212,11 @@ def cni_lines(lines):
 def assert_pod_rules(lines, pod, backend):
     """The rules the plugins write for one pod, both families: portmap's DNAT chain for both ports,
     the masquerade chain bridge makes for the pod, firewall's chains with the pod's addresses.
-    ip6tables-legacy 1.8.9 answers `-C` for a DNAT rule of another --dport as present (shown
-    without the shim too: `ip6tables-legacy -t nat -C X -p tcp -m tcp --dport 8443 -j DNAT ...`
-    exits 0 when X holds only the 8080 one), so portmap, which appends only what `-C` misses,
-    writes the IPv6 DNAT of the first port alone into legacy."""
+    ip6tables-legacy 1.8.9 answers `-C` for a rule that differs only in its match or target data
+    as present (`ip6tables-legacy -t nat -C X -p tcp -m tcp --dport 8443 -j DNAT ...` exits 0 when
+    X holds only the 8080 one; a known 1.8.9 regression, bottlerocket-os/bottlerocket#3001), so
+    portmap, which appends only what `-C` misses, writes the IPv6 DNAT of the first port alone into
+    legacy, with or without the shim."""
     ips = [ip["address"].split("/")[0] for ip in pod.result["ips"]]
     assert len(ips) == 2, pod.result
     rules = [l for l in lines if " -A " in l]
