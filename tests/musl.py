@@ -23,7 +23,8 @@ Cached in $IPTABLES_SHIM_TEST_CACHE/musl (default /var/cache/iptables-shim-tests
 architecture, keyed on this file's text (the recipe) and the architecture: a changed recipe builds
 again. The stamp beside a root also names every .deb and .dsc that went in. IPTABLES_SHIM_TEST_FRESH=1
 builds in the Workspace's temporary cache (tests/images). Steps and durations go to logs/images.log.
-Measured from scratch (download, configure, make, assemble): see `root()`'s log lines.
+Measured from scratch on this 2-core machine (private apt lists, downloads, configure, make,
+assemble): amd64 root ~30 s, arm64 root 20-45 s, the aarch64 VM's kernel and initramfs ~15-40 s.
 
 By hand: `/usr/bin/python3 tests/musl.py amd64 arm64` prints the roots' paths.
 """

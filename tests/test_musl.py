@@ -19,8 +19,9 @@ execute a program found on PATH goes on searching PATH (busybox ash does), so a 
 through a tree that cannot start silently runs the root's own iptables instead. One case calls it
 plainly, through the installed /usr/local/sbin, and shows what that costs.
 
-Mark `images` (it uses the frozen build of tests/images). From scratch the amd64 root takes about
-15-40 s (downloads, configure, make); cached, nothing.
+Mark `images` (it uses the frozen build of tests/images; the VM cases also `vm`). From scratch the
+amd64 root takes ~30 s, the arm64 root and its VM ~1 min, one aarch64 boot ~15 s; the amd64 cases
+~2 s. Run: `/usr/bin/python3 -m pytest -q tests/test_musl.py`.
 """
 
 import json
@@ -297,6 +298,11 @@ def test_save_restore_passthrough_with_stdin(amd64, netns):
 
 from test_arm64 import arm64  # noqa: E402,F401  the arm64 frozen build (its fixture)
 
+# What tests/test_arm64.py's build needs (and qemu-user runs the arm64 busybox while the root is made).
+arm64_case = pytest.mark.skipif(
+    os.environ.get("IPTABLES_SHIM_TEST_ARM64") == "0" or not os.path.exists("/usr/bin/qemu-aarch64-static"),
+    reason="IPTABLES_SHIM_TEST_ARM64=0, or no qemu-user-static (apt-get install -y qemu-user-static)")
+
 VM_FUNCTIONS = r"""
 export LC_ALL=C
 S=/opt/iptables-shim
@@ -438,6 +444,7 @@ def arm64_vm(arm64):  # noqa: F811
     return base, {name: Case(text) for name, text in vm.sections(out).items()}
 
 
+@arm64_case
 def test_the_arm64_musl_root_holds_no_glibc_file_with_or_without_the_tree(arm64, tmp_path):  # noqa: F811
     ws = Workspace.open()
     try:
@@ -454,6 +461,7 @@ def test_the_arm64_musl_root_holds_no_glibc_file_with_or_without_the_tree(arm64,
     assert glibc_findings(root, base.loader, resolve_under=("/usr/", "/lib/", "/bin/", "/sbin/")) == []
 
 
+@arm64_case
 @pytest.mark.vm
 def test_arm64_vm_boots_the_arm64_kernel_and_the_roots_own_iptables_works(arm64_vm):
     base, cases = arm64_vm
@@ -465,11 +473,13 @@ def test_arm64_vm_boots_the_arm64_kernel_and_the_roots_own_iptables_works(arm64_
     assert own.rules == {"nft": [], "legacy": ["-A INPUT -s %s/32 -m comment --comment %s -j ACCEPT" % (ADDR4, MARK)]}
 
 
+@arm64_case
 @pytest.mark.vm
 def test_arm64_install_into_usr_local_sbin(arm64_vm):
     arm64_vm[1]["install"].call(0)
 
 
+@arm64_case
 @pytest.mark.vm
 def test_arm64_fresh_netns_legacy_and_detection_changes_nothing(arm64_vm):
     c = arm64_vm[1]["fresh"]
@@ -481,6 +491,7 @@ def test_arm64_fresh_netns_legacy_and_detection_changes_nothing(arm64_vm):
     assert c.rules["nft"] == [] and len(c.rules["legacy"]) == 2, c.text
 
 
+@arm64_case
 @pytest.mark.vm
 def test_arm64_legacy_rules_present(arm64_vm):
     c = arm64_vm[1]["legacy rules"]
@@ -488,6 +499,7 @@ def test_arm64_legacy_rules_present(arm64_vm):
     assert c.rules == {"nft": [], "legacy": sorted([SEED, "-A INPUT -s %s/32 -m comment --comment %s -j ACCEPT" % (ADDR4, MARK)])}
 
 
+@arm64_case
 @pytest.mark.vm
 @pytest.mark.parametrize("name,seeded", [("nft rules", {"nft": [SEED], "legacy": []}),
                                          ("hint nft", {"nft": [], "legacy": [SEED]})])
@@ -500,6 +512,7 @@ def test_arm64_nft_decided_is_refused_and_nothing_written(arm64_vm, name, seeded
     assert c.unchanged and c.rules == seeded, c.text
 
 
+@arm64_case
 @pytest.mark.vm
 def test_arm64_nft_rules_a_plain_call_through_path_is_refused_too(arm64_vm):
     c = arm64_vm[1]["nft rules plain call"]
@@ -507,6 +520,7 @@ def test_arm64_nft_rules_a_plain_call_through_path_is_refused_too(arm64_vm):
     assert c.rules == {"nft": [SEED], "legacy": []} and c.tables == [], c.text
 
 
+@arm64_case
 @pytest.mark.vm
 def test_arm64_hint_in_legacy_beats_nft_rules(arm64_vm):
     c = arm64_vm[1]["hint legacy"]
@@ -515,6 +529,7 @@ def test_arm64_hint_in_legacy_beats_nft_rules(arm64_vm):
     assert c.rules == {"nft": [SEED], "legacy": ["-A INPUT -s %s/32 -m comment --comment %s -j ACCEPT" % (ADDR4, MARK)]}
 
 
+@arm64_case
 @pytest.mark.vm
 def test_arm64_save_restore_passthrough_with_stdin(arm64_vm):
     c = arm64_vm[1]["save restore"]
