@@ -37,24 +37,30 @@ LIBDIR = "/usr/lib/iptables-shim"
 _SHARED = {}
 
 
+def workspace():
+    """tests/images' Workspace, one per test process for the .deb, deploy and SBOM suites, closed at
+    exit (in CI, a fresh one, removed then)."""
+    if "ws" not in _SHARED:
+        _SHARED["ws"] = Workspace.open()
+        atexit.register(_SHARED["ws"].close)
+    return _SHARED["ws"]
+
+
 def frozen_tree():
-    """The frozen tree (dist/iptables-shim of tests/images' Workspace), one per test process for
-    the .deb, deploy and SBOM suites; the workspace is closed at exit (removed in CI)."""
+    """The frozen tree, dist/iptables-shim of the workspace (built there, or cached)."""
     if "tree" not in _SHARED:
-        ws = Workspace.open()
-        atexit.register(ws.close)
-        dist, key = ws.frozen()
-        _SHARED.update(ws=ws, tree=os.path.join(dist, "iptables-shim"), key=key)
+        dist, key = workspace().frozen()
+        _SHARED.update(tree=os.path.join(dist, "iptables-shim"), key=key)
     return _SHARED["tree"]
 
 
 def built_deb():
-    """packaging/deb.sh over the frozen tree: (path of the .deb, its output directory)."""
+    """The path of the .deb packaging/deb.sh makes of the frozen tree (its SBOM beside it)."""
     if "deb" not in _SHARED:
         tree = frozen_tree()
-        out = os.path.join(_SHARED["ws"].root, "deb", _SHARED["key"])
+        out = os.path.join(workspace().root, "deb")
         shutil.rmtree(out, ignore_errors=True)
-        r = _SHARED["ws"].run([DEB_SH, "--tree", tree, "--out", out], what="packaging/deb.sh")
+        r = workspace().run([DEB_SH, "--tree", tree, "--out", out], what="packaging/deb.sh")
         _SHARED["deb"] = r.stdout.decode().strip()
     return _SHARED["deb"]
 
