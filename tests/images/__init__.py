@@ -7,8 +7,8 @@ variants are layered with buildah from tests/images/alias.Containerfile and pack
 Everything is cached between local runs in $IPTABLES_SHIM_TEST_CACHE (default
 /var/cache/iptables-shim-tests): trees (stamp files), the frozen builds and their toolchain (keyed on a hash of
 shim/ and packaging/), images (tagged with a hash of what they were made from). With
-IPTABLES_SHIM_TEST_FRESH=1 (what .ci/run sets) a new empty cache is used and removed afterwards, so
-CI builds everything from scratch. Every step and its duration goes to logs/images.log in the cache.
+IPTABLES_SHIM_TEST_FRESH=1 (what .ci/run sets) one new empty cache serves the whole run and is
+removed afterwards, so CI builds everything from scratch, once. Every step and its duration goes to logs/images.log in the cache.
 """
 
 import hashlib
@@ -25,6 +25,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CACHE = "/var/cache/iptables-shim-tests"
 IMAGE_PACKAGES = "iptables"  # and nothing else: no Python in any test image
 CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+_FRESH = []  # the one fresh Workspace of this run, if IPTABLES_SHIM_TEST_FRESH=1
 
 
 def _hash(*parts):
@@ -81,22 +84,31 @@ class Workspace(object):
 
     @classmethod
     def open(cls):
+        """The workspace of this test run. With IPTABLES_SHIM_TEST_FRESH=1, one new empty cache
+        shared by every suite of the run (each suite building its own interpreter, trees and
+        images would cost CI several times over), removed when the run ends."""
         fresh = os.environ.get("IPTABLES_SHIM_TEST_FRESH") == "1"
-        if fresh:
-            root = tempfile.mkdtemp(prefix="iptables-shim-tests-", dir="/var/tmp")
-        else:
-            root = os.environ.get("IPTABLES_SHIM_TEST_CACHE", DEFAULT_CACHE)
-        return cls(root, fresh)
+        if not fresh:
+            return cls(os.environ.get("IPTABLES_SHIM_TEST_CACHE", DEFAULT_CACHE), False)
+        if not _FRESH:
+            import atexit
+
+            ws = cls(tempfile.mkdtemp(prefix="iptables-shim-tests-", dir="/var/tmp"), True)
+            _FRESH.append(ws)
+            atexit.register(ws._remove)
+        return _FRESH[0]
 
     def close(self):
-        if self.fresh:
-            # The measurements outlive the fresh cache: kept beside the default cache's logs.
-            keep = os.path.join(DEFAULT_CACHE, "logs", "images-fresh-%s.log" % time.strftime("%Y%m%dT%H%M%S"))
-            os.makedirs(os.path.dirname(keep), exist_ok=True)
-            self.log("log kept in " + keep)
-            shutil.copyfile(self.logfile, keep)
-            shutil.rmtree(self.root, ignore_errors=True)
-            shutil.rmtree(self.runroot, ignore_errors=True)
+        """Nothing to do until the run ends (a fresh workspace is removed then)."""
+
+    def _remove(self):
+        # The measurements outlive the fresh cache: kept beside the default cache's logs.
+        keep = os.path.join(DEFAULT_CACHE, "logs", "images-fresh-%s.log" % time.strftime("%Y%m%dT%H%M%S"))
+        os.makedirs(os.path.dirname(keep), exist_ok=True)
+        self.log("log kept in " + keep)
+        shutil.copyfile(self.logfile, keep)
+        shutil.rmtree(self.root, ignore_errors=True)
+        shutil.rmtree(self.runroot, ignore_errors=True)
 
     # -- logging and running -------------------------------------------------------------------
     def log(self, msg):
