@@ -20,8 +20,8 @@ architectures; the machine's dpkg architectures and apt state untouched): `apt-g
 `apt-get source --download-only`, then `dpkg -x` / `dpkg-source -x`. Nothing is installed.
 
 Cached in $IPTABLES_SHIM_TEST_CACHE/musl (default /var/cache/iptables-shim-tests/musl), one root per
-architecture, keyed on this file's text (the recipe) and the architecture: a changed recipe builds
-again. The stamp beside a root also names every .deb and .dsc that went in. IPTABLES_SHIM_TEST_FRESH=1
+architecture, keyed on the recipe (the package lists, configure flags, specs, LAYOUT) and the
+architecture: a changed recipe builds again. The stamp beside a root also names every .deb and .dsc that went in. IPTABLES_SHIM_TEST_FRESH=1
 builds in the Workspace's temporary cache (tests/images). Steps and durations go to logs/images.log.
 Measured from scratch on this 2-core machine (private apt lists, downloads, configure, make,
 assemble): amd64 root ~30 s, arm64 root 20-45 s, the aarch64 VM's kernel and initramfs ~15-40 s.
@@ -38,8 +38,10 @@ import time
 
 import debootstrap
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 SUITE = "bookworm"
+# Bump when how a root or a VM boot is put together changes (beyond the constants below, which
+# are part of the key): cached roots are rebuilt.
+LAYOUT = "1"
 ARCHS = ("amd64", "arm64")
 TRIPLET = {"amd64": "x86_64-linux-musl", "arm64": "aarch64-linux-musl"}
 GNU = {"amd64": "x86_64-linux-gnu", "arm64": "aarch64-linux-gnu"}
@@ -110,11 +112,12 @@ crtendS.o%s {s}/usr/lib/{t}/crtn.o
 """
 
 
-def recipe_key(arch):
-    with open(os.path.abspath(__file__), "rb") as f:
-        h = hashlib.sha256(f.read())
-    h.update(("\0%s\0%s" % (arch, SUITE)).encode())
-    return h.hexdigest()[:12]
+def recipe_key(what):
+    """The cache key of a root ("amd64", "arm64") or of a VM boot ("vm-arm64"): what goes in."""
+    parts = (LAYOUT, SUITE, what, TARGET_DEBS, CROSS_DEBS, CONFIGURE, LEFT_OUT, ROOT_DIRS, SPECS)
+    if what.startswith("vm-"):
+        parts += (KERNEL_META, SEED_DEBS, VM_MODULES, VM_INIT, VM_MODPROBE)
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:12]
 
 
 class Root(object):
@@ -124,10 +127,6 @@ class Root(object):
 
     def __init__(self, path, arch, key):
         self.path, self.arch, self.loader, self.key = path, arch, LOADER[arch], key
-
-    @property
-    def libdir(self):
-        return "/usr/lib/" + TRIPLET[self.arch]
 
 
 class Boot(object):
