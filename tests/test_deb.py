@@ -14,7 +14,6 @@ packaging/ change, from scratch in CI); the bookworm root is cached as test_alte
 From scratch, beyond those two: the .deb in ~10 s, lintian ~10 s, each install/remove round ~10 s.
 """
 
-import atexit
 import os
 import re
 import shutil
@@ -38,11 +37,9 @@ _SHARED = {}
 
 
 def workspace():
-    """tests/images' Workspace, one per test process for the .deb, deploy and SBOM suites, closed at
-    exit (in CI, a fresh one, removed then)."""
+    """tests/images' Workspace (in CI, the run's one fresh workspace, removed at its end)."""
     if "ws" not in _SHARED:
         _SHARED["ws"] = Workspace.open()
-        atexit.register(_SHARED["ws"].close)
     return _SHARED["ws"]
 
 
@@ -269,4 +266,7 @@ def test_remove_keeps_a_choice_made_since_and_leaves_nothing_into_the_tree(root)
     assert LIBDIR not in query, query
     assert "Name: iptables\nLink: /usr/sbin/iptables\n" in query
     assert "Status: manual\nBest: /usr/sbin/iptables-nft\nValue: /usr/sbin/iptables-nft\n" in query, query
+    # ip6tables, which still selected the shim, goes back to auto mode (docs/packaging.md).
+    assert "Name: ip6tables\nLink: /usr/sbin/ip6tables\n" in query
+    assert "Status: auto\nBest: /usr/sbin/ip6tables-nft\nValue: /usr/sbin/ip6tables-nft\n" in query, query
     assert root.ok("ls -d /var/lib/iptables-shim %s 2>/dev/null || echo gone" % LIBDIR).strip() == "gone"
