@@ -349,7 +349,8 @@ VM_CASES = {
     "hint legacy": "machine iptables-legacy -t mangle -N KUBE-IPTABLES-HINT; machine iptables-nft %s; explain; "
                    "shim $S/iptables %s; readback" % (SEED, W4),
     "hint nft": 'machine iptables-nft -t mangle -N KUBE-IPTABLES-HINT; machine iptables-legacy %s; a=$(readback); '
-                'explain; shim $S/iptables %s; b=$(readback); [ "$a" = "$b" ] && echo unchanged; readback' % (SEED, W4),
+                'explain; shim $S/iptables %s; shim $S/iptables-save; b=$(readback); [ "$a" = "$b" ] && echo unchanged; '
+                'readback' % (SEED, W4),
     "save restore": "machine iptables-legacy %s; machine ip6tables-legacy %s; shim $S/iptables-save; "
                     "shim sh -c '%s'; printf '*filter\\n-A INPUT -s %s/32 -j ACCEPT\\nCOMMIT\\n' | "
                     "shim $S/iptables-restore --noflush; readback" % (SEED, SEED6, PIPE.replace("$S", TREE), ADDR4),
