@@ -31,6 +31,7 @@ By hand: `/usr/bin/python3 tests/musl.py amd64 arm64` prints the roots' paths.
 
 import gzip
 import hashlib
+import itertools
 import os
 import shutil
 import stat
@@ -386,9 +387,12 @@ class Builder(object):
 def write_cpio(tree, path):
     """tree as a gzip'd newc cpio archive (the kernel's initramfs format), owned by root, with
     /dev/console (the kernel opens it for PID 1 before anything is mounted). Its size."""
-    def header(name, mode, size, nlink=1, rdev=(0, 0), ino=[0]):
-        ino[0] += 1
-        fields = (ino[0], mode, 0, 0, nlink, 0, size, 0, 0, rdev[0], rdev[1], len(name) + 1, 0)
+    inodes = itertools.count(1)
+
+    def header(name, mode, size, rdev=(0, 0)):
+        # c_ino, c_mode, c_uid, c_gid, c_nlink, c_mtime, c_filesize, c_devmajor, c_devminor,
+        # c_rdevmajor, c_rdevminor, c_namesize, c_check
+        fields = (next(inodes), mode, 0, 0, 1, 0, size, 0, 0, rdev[0], rdev[1], len(name) + 1, 0)
         data = b"070701" + b"".join(b"%08x" % v for v in fields) + name.encode() + b"\0"
         return data + b"\0" * (-len(data) % 4)
 

@@ -184,8 +184,8 @@ def test_the_musl_root_holds_no_glibc_file(amd64):
 
 def test_the_roots_own_iptables_writes_legacy_rules(amd64, netns):
     """The root is sound without the shim: its iptables (musl) writes where it says."""
-    assert amd64.chroot.ok(["iptables", "-V"], netns).startswith("iptables v1.8.9 (legacy)")
-    amd64.chroot.ok(["iptables", "-A", "INPUT", "-s", ADDR4, "-m", "comment", "--comment", MARK, "-j", "ACCEPT"], netns)
+    assert amd64.chroot.ok(["/usr/sbin/iptables", "-V"], netns).startswith("iptables v1.8.9 (legacy)")
+    amd64.chroot.ok(["/usr/sbin/iptables", "-A", "INPUT", "-s", ADDR4, "-m", "comment", "--comment", MARK, "-j", "ACCEPT"], netns)
     assert landed(netns) == {"nft": [], "legacy": ["-A INPUT -s %s/32 -m comment --comment %s -j ACCEPT" % (ADDR4, MARK)]}
 
 
