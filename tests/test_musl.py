@@ -293,12 +293,11 @@ def test_save_restore_passthrough_with_stdin(amd64, netns):
 # is the arm64 musl root itself; a copy of it at /musl is the container the cases run in (a private
 # mount and PID namespace, chroot, as above), and /seed holds Debian's glibc iptables, the machine's
 # own binaries that seed each netns and read it back (tests/musl.py, Builder.vm_boot). The arm64
-# frozen tree comes from tests/test_arm64.py's build and is copied in from a 9p share. One boot
+# frozen tree (the Workspace's cross build, dist-arm64/, as tests/test_arm64.py's) is copied in
+# from a 9p share. One boot
 # runs every case (~15 s), each in a netns of its own (`unshare -n`).
 
-from test_arm64 import arm64  # noqa: E402,F401  the arm64 frozen build (its fixture)
-
-# What tests/test_arm64.py's build needs (and qemu-user runs the arm64 busybox while the root is made).
+# As tests/test_arm64.py's switch; qemu-user runs the arm64 busybox while the root is made.
 arm64_case = pytest.mark.skipif(
     os.environ.get("IPTABLES_SHIM_TEST_ARM64") == "0" or not os.path.exists("/usr/bin/qemu-aarch64-static"),
     reason="IPTABLES_SHIM_TEST_ARM64=0, or no qemu-user-static (apt-get install -y qemu-user-static)")
@@ -418,8 +417,27 @@ class Case(object):
         return err[0]
 
 
+class Arm64(object):
+    __slots__ = ("base", "tree")
+
+    def __init__(self, base, tree):
+        self.base, self.tree = base, tree
+
+
 @pytest.fixture(scope="module")
-def arm64_vm(arm64):  # noqa: F811
+def arm64():
+    """The arm64 musl root and the arm64 frozen tree."""
+    ws = Workspace.open()
+    try:
+        base = musl.Builder(ws).root("arm64")
+        dist, _ = ws.frozen("arm64")
+        yield Arm64(base, os.path.join(dist, "iptables-shim"))
+    finally:
+        ws.close()
+
+
+@pytest.fixture(scope="module")
+def arm64_vm(arm64):
     if os.environ.get("IPTABLES_SHIM_TEST_ARM64_VM") == "0":
         pytest.skip("IPTABLES_SHIM_TEST_ARM64_VM=0: the aarch64 VM is off")
     if not os.path.exists("/usr/bin/qemu-system-aarch64"):
@@ -428,9 +446,7 @@ def arm64_vm(arm64):  # noqa: F811
 
     ws = Workspace.open()
     try:
-        b = musl.Builder(ws)
-        base = b.root("arm64")
-        boot = b.vm_boot("arm64")
+        boot = musl.Builder(ws).vm_boot("arm64")
         v = vm.VMs.open()
         try:
             # A disk of vm.py's kind, made here: the root is the initramfs (the blank disk is unread).
@@ -441,17 +457,12 @@ def arm64_vm(arm64):  # noqa: F811
     finally:
         ws.close()
     assert rc == 0, out
-    ws.log("musl arm64 VM output:\n" + out)
-    return base, {name: Case(text) for name, text in vm.sections(out).items()}
+    return arm64.base, {name: Case(text) for name, text in vm.sections(out).items()}
 
 
 @arm64_case
-def test_the_arm64_musl_root_holds_no_glibc_file_with_or_without_the_tree(arm64, tmp_path):  # noqa: F811
-    ws = Workspace.open()
-    try:
-        base = musl.Builder(ws).root("arm64")
-    finally:
-        ws.close()
+def test_the_arm64_musl_root_holds_no_glibc_file_with_or_without_the_tree(arm64, tmp_path):
+    base = arm64.base
     assert elf.read(os.path.join(base.path, "usr/sbin/xtables-legacy-multi")).machine == "aarch64"
     assert glibc_findings(base.path, base.loader) == []
     root = str(tmp_path / "root")
