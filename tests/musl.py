@@ -245,6 +245,7 @@ class Builder(object):
         shutil.rmtree(path, ignore_errors=True)
         os.rename(new, path)
         shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(os.path.join(self.top, "toolchain-" + arch), ignore_errors=True)  # extracted again when needed
         with open(stamp, "w") as f:
             f.write(key + "\n" + "\n".join(inputs) + "\n")
         self.ws.log("musl root %s built in %.1f s (%s)" % (arch, time.monotonic() - t0, key))
