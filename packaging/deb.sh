@@ -65,7 +65,7 @@ cp -a "$tree" "$root$LIBDIR"
 # libraries are not executable (what dh_fixperms does).
 chmod -R u+rwX,go+rX,go-w "$root$LIBDIR"
 find "$root$LIBDIR" -type f \( -name '*.so' -o -name '*.so.*' \) -exec chmod a-x {} +
-# A tree linked against the system's C library (the PyInstaller layout) needs the glibc its
+# A tree linked against the system's C library (the old PyInstaller layout) needs the glibc its
 # files' symbol versions name; a static tree needs none, and depends on iptables alone.
 libc=
 case $(find "$root$LIBDIR" -type f -exec readelf -d {} + 2>/dev/null | grep -F '(NEEDED)' || true) in

@@ -169,6 +169,7 @@ def document(tree, image=None, at=None):
     if version:
         shim["version"] = version
     shim["properties"] = [{"name": "iptables-shim:architecture", "value": arch}]
+    shim["properties"] += [{"name": ORIGIN_PROPERTY, "value": c.origin} for c in bundled if c.name == "iptables-shim"]
     components = []
     for i, c in enumerate(c for c in bundled if c.name != "iptables-shim"):
         item = {"type": "library", "bom-ref": "component-%d-%s" % (i, c.name), "name": c.name}
