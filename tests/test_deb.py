@@ -14,6 +14,7 @@ packaging/ change, from scratch in CI); the bookworm root is cached as test_alte
 From scratch, beyond those two: the .deb in ~10 s, lintian ~10 s, each install/remove round ~10 s.
 """
 
+import json
 import os
 import re
 import shutil
@@ -43,23 +44,23 @@ def workspace():
     return _SHARED["ws"]
 
 
-def frozen_tree():
-    """The frozen tree, dist/iptables-shim of the workspace (built there, or cached)."""
-    if "tree" not in _SHARED:
-        dist, key = workspace().frozen()
-        _SHARED.update(tree=os.path.join(dist, "iptables-shim"), key=key)
-    return _SHARED["tree"]
+def frozen_tree(arch="amd64"):
+    """The frozen tree for arch, dist/iptables-shim of the workspace (built there, or cached)."""
+    if arch not in _SHARED:
+        dist, key = workspace().frozen(arch)
+        _SHARED[arch] = (os.path.join(dist, "iptables-shim"), key)
+    return _SHARED[arch][0]
 
 
-def built_deb():
+def built_deb(arch="amd64"):
     """The path of the .deb packaging/deb.sh makes of the frozen tree (its SBOM beside it)."""
-    if "deb" not in _SHARED:
-        tree = frozen_tree()
-        out = os.path.join(workspace().root, "deb")
+    if "deb-" + arch not in _SHARED:
+        tree = frozen_tree(arch)
+        out = os.path.join(workspace().root, "deb", arch)
         shutil.rmtree(out, ignore_errors=True)
-        r = workspace().run([DEB_SH, "--tree", tree, "--out", out], what="packaging/deb.sh")
-        _SHARED["deb"] = r.stdout.decode().strip()
-    return _SHARED["deb"]
+        r = workspace().run([DEB_SH, "--tree", tree, "--out", out], what="packaging/deb.sh " + arch)
+        _SHARED["deb-" + arch] = r.stdout.decode().strip()
+    return _SHARED["deb-" + arch]
 
 
 @pytest.fixture(scope="module")
@@ -98,9 +99,7 @@ def test_package_holds_the_tree_whole_and_depends_on_iptables(deb):
     assert os.path.exists(os.path.join(os.path.dirname(deb), "iptables-shim_%s_%s.cdx.json" % (version, arch)))
 
 
-def test_lintian_clean(deb):
-    """No error and no warning; the overrides shipped in the package say why each does not apply,
-    and each is used."""
+def assert_lintian_clean(deb):
     if shutil.which("lintian") is None:
         pytest.skip("needs lintian (.ci/setup installs it)")
     r = subprocess.run(["lintian", "--fail-on", "error,warning", "--display-info", "--tag-display-limit", "0", deb],
@@ -108,6 +107,28 @@ def test_lintian_clean(deb):
     out = r.stdout.decode()
     tags = [l for l in out.splitlines() if re.match(r"[EW]: ", l) or re.search(r": (unused|mismatched)-override ", l)]
     assert r.returncode == 0 and tags == [], out
+
+
+def test_lintian_clean(deb):
+    """No error and no warning; the overrides shipped in the package say why each does not apply,
+    and each is used."""
+    assert_lintian_clean(deb)
+
+
+def test_arm64_package(tmp_path):
+    """The cross-compiled aarch64 tree (tests/test_arm64.py's) gives iptables-shim_V_arm64.deb,
+    as clean, its SBOM naming aarch64 files."""
+    deb = built_deb("arm64")
+    assert deb.endswith("_arm64.deb")
+    assert subprocess.run(["dpkg-deb", "-f", deb, "Architecture"], stdout=subprocess.PIPE).stdout == b"arm64\n"
+    assert subprocess.run(["dpkg-deb", "-f", deb, "Depends"], stdout=subprocess.PIPE).stdout == b"iptables\n"
+    assert_lintian_clean(deb)
+    x = str(tmp_path / "x")
+    subprocess.run(["dpkg-deb", "-x", deb, x], check=True)
+    assert elf_machine(os.path.join(x, LIBDIR.lstrip("/"), "iptables-shim")) == 183
+    sbom = json.load(open(os.path.join(x, "usr", "share", "doc", "iptables-shim", "sbom.cdx.json")))
+    machines = {p["value"] for c in sbom["components"] if c["type"] == "file" for p in c["properties"]}
+    assert machines == {"aarch64"}, machines
 
 
 def test_architecture_from_the_elf_header_and_bad_trees_refused(tmp_path):
