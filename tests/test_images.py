@@ -343,3 +343,51 @@ def test_frozen_doctor_gives_the_same_json_as_the_source(built, make_netns, tmp_
     os.mkdir(str(cache_dir), 0o700)
     assert_frozen_doctor_matches_source(os.path.join(built.dist, "iptables-shim", "iptables-shim"), spaces,
                                         cache_dir, tmp_path)
+
+
+def test_copy_from_the_image_into_a_musl_only_base(built, shim_image, make_netns):
+    """The scratch image's tree copied (COPY --from, as an Alpine-based image's author writes it)
+    into a musl-only root (tests/musl.py: Debian's musl, busybox, iptables built for musl, legacy
+    only), installed there, and run under podman: the image's own legacy iptables where legacy
+    holds the rules or nothing does; where nft holds them, the one-line error (the image has no
+    nft variant), nothing written."""
+    import musl
+
+    ws = built.ws
+    root = musl.Builder(ws).root("amd64")
+    base = "localhost/shimtest/musl-base:" + root.key
+    if not ws.image_exists(base):
+        tar = subprocess.Popen(["tar", "-C", root.path, "-c", "."], stdout=subprocess.PIPE)
+        ws.podman(["import", "-", base], stdin=tar.stdout, what="tar | podman import musl root")
+        tar.stdout.close()
+        assert tar.wait() == 0
+    ctx = tempfile.mkdtemp(prefix="shimtest-musl-")
+    try:
+        with open(os.path.join(ctx, "Containerfile"), "w") as f:
+            f.write("FROM %s\nCOPY --from=%s /opt/iptables-shim /opt/iptables-shim\n"
+                    "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"
+                    'RUN ["/opt/iptables-shim/iptables-shim", "install", "/usr/local/sbin"]\n'
+                    % (base, shim_image[1]))
+        name = "localhost/shimtest/musl-copied:latest"
+        ws.buildah(["bud", "--network", "none", "--isolation", "oci", "-t", name, ctx],
+                   what="buildah bud COPY --from into the musl base")
+    finally:
+        shutil.rmtree(ctx)
+    for case, setup, n in [("legacy rules", "iptables-legacy -A INPUT -s 192.0.2.60 -j ACCEPT", 61),
+                           ("empty", "", 62)]:
+        ns = make_netns()
+        if setup:
+            ns.ok(setup)
+        r = ws.run_in(name, "iptables -A INPUT -s 192.0.2.%d -j DROP && ip6tables -A INPUT -s 2001:db8::%d -j DROP"
+                      % (n, n), network="ns:" + ns.path)
+        assert r.returncode == 0 and r.stderr == b"", (case, r.stderr)
+        assert "-A INPUT -s 192.0.2.%d/32 -j DROP" % n in ns.rules("legacy"), case
+        assert "-A INPUT -s 2001:db8::%d/128 -j DROP" % n in ns.rules("legacy", "ip6tables"), case
+        assert ns.rules("nft") == [], case
+    ns = make_netns()
+    ns.ok("iptables-nft -A INPUT -s 192.0.2.63 -j ACCEPT")
+    r = ws.run_in(name, "iptables -A INPUT -s 192.0.2.64 -j DROP", network="ns:" + ns.path)
+    err = r.stderr.decode()
+    assert r.returncode == 127 and err.startswith("iptables-shim:") and err.count("\n") == 1, (r.returncode, err)
+    assert "iptables-nft" in err, err
+    assert ns.rules("nft") == ["-A INPUT -s 192.0.2.63/32 -j ACCEPT"] and ns.rules("legacy") == []
