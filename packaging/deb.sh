@@ -13,8 +13,9 @@
 # /usr/share/iptables-shim/; the SBOM (packaging/sbom.py) in /usr/share/doc/iptables-shim/ and
 # beside the .deb as iptables-shim_VERSION_ARCH.cdx.json. Its maintainer scripts (packaging/debian)
 # register the six names with update-alternatives through the tree's own `install --alternatives`
-# and restore exactly what was there on remove. Depends: iptables only. Made with dpkg-deb
-# (--root-owner-group: no root needed); file times are $SOURCE_DATE_EPOCH, else the last commit's.
+# and restore exactly what was there on remove. Depends: iptables (and libc6 only for a tree linked
+# against it). Made with dpkg-deb (--root-owner-group: no root needed); file times are
+# $SOURCE_DATE_EPOCH, else the last commit's.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -24,14 +25,14 @@ MAINTAINER="${DEBFULLNAME:-iptables-shim maintainers} <${DEBEMAIL:-maintainers@i
 
 die() { echo "deb.sh: $*" >&2; exit 1; }
 
-tree= out=$REPO/dist version=
+tree= out=$REPO/dist
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$REPO/pyproject.toml" | head -1)
 while [ $# -gt 0 ]; do
     case $1 in
         --tree) [ $# -ge 2 ] || die "--tree needs a directory"; tree=$2; shift ;;
         --out) [ $# -ge 2 ] || die "--out needs a directory"; out=$2; shift ;;
         --version) [ $# -ge 2 ] || die "--version needs a value"; version=$2; shift ;;
-        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
     shift
