@@ -32,7 +32,7 @@ while [ $# -gt 0 ]; do
         --tree) [ $# -ge 2 ] || die "--tree needs a directory"; tree=$2; shift ;;
         --out) [ $# -ge 2 ] || die "--out needs a directory"; out=$2; shift ;;
         --version) [ $# -ge 2 ] || die "--version needs a value"; version=$2; shift ;;
-        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
     shift
