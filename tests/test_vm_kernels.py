@@ -405,18 +405,17 @@ def test_timing_is_reported(suite):
 
 # -- 5. the frozen build on bookworm's kernel ----------------------------------------------------------
 
-FROZEN = os.path.join(os.environ.get("IPTABLES_SHIM_TEST_CACHE", vm.DEFAULT_CACHE), "dist", "iptables-shim")
-
-
 def test_frozen_build_decides_on_bookworm():
-    if not os.path.isfile(os.path.join(FROZEN, "iptables-shim")):
-        pytest.skip("no frozen build in %s (tests/test_images.py makes it with packaging/build.sh)" % FROZEN)
+    from images import Workspace  # the run's workspace: its frozen tree is built once for every suite
+
+    dist, _ = Workspace.open().frozen()
+    frozen = os.path.join(dist, "iptables-shim")
     text = script(COLD, MAIN.split("# -- 2.")[0].split("# -- 1.")[0],
                   "mkdir -p /tmp/fz && ln -s /mnt/frozen /tmp/fz/bin && export SHIM=/tmp/fz",
                   "cold_case 'frozen cold hidden' hidden /tmp/nftalias new",
                   "mkimage /tmp/real-nft nft real nft legacy; mkimage /tmp/real-legacy legacy real nft legacy",
                   MAIN[MAIN.index("kcase() {"):])
-    s = booted("frozen", "bookworm", text, shares={"frozen": FROZEN})
+    s = booted("frozen", "bookworm", text, shares={"frozen": frozen})
     out = s["frozen cold hidden"]
     assert field(out, "before") == field(out, "after"), out
     for case, expected in [("decide legacy rules", (0, 1)), ("decide nft rules", (1, 0)),
