@@ -9,6 +9,7 @@
 # write netavark's chains into this machine's own netns) and no RUN step, so it needs no emulation.
 # Storage: buildah's defaults, with --storage-driver vfs; set BUILDAH="buildah --root R --runroot RR"
 # to use other storage. Prints the names it made. VERSION is pyproject.toml's (or --version V).
+# Beside each tree it writes the image's SBOM, iptables-shim-VERSION-ARCH.cdx.json (packaging/sbom.py).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -51,6 +52,8 @@ for spec in "${trees[@]}"; do
         -f "$REPO/packaging/Containerfile.scratch" -t "$NAME:$version-$arch" "$ctx" >/dev/null
     rm -rf "$ctx"
     b manifest add "$manifest" "$NAME:$version-$arch" >/dev/null
+    "$REPO/packaging/sbom.py" --image "$NAME:$version-$arch" --at /opt/iptables-shim "$tree" \
+        >"$(dirname "$tree")/iptables-shim-$version-$arch.cdx.json"
     echo "$NAME:$version-$arch"
 done
 echo "$manifest"

@@ -286,6 +286,11 @@ def test_scratch_image_holds_only_the_frozen_tree(built, shim_image):
         cleanup()
     manifest = json.loads(built.ws.buildah(["manifest", "inspect", shim_image[1]]).stdout.decode())
     assert [m["platform"]["architecture"] for m in manifest["manifests"]] == ["amd64"]
+    # Its SBOM, beside the tree: the image, and the executable among its files.
+    with open(os.path.join(built.dist, "iptables-shim-%s-amd64.cdx.json" % VERSION)) as f:
+        sbom = json.load(f)
+    assert shim_image[0] in json.dumps(sbom["metadata"]), sbom["metadata"]
+    assert any(c.get("name", "").endswith("iptables-shim/iptables-shim") for c in sbom["components"]), sbom["components"]
 
 
 @pytest.fixture(scope="session")
