@@ -24,7 +24,7 @@ while [ $# -gt 0 ]; do
     case $1 in
         --tree) trees+=("$2"); shift ;;
         --version) version=$2; shift ;;
-        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
     shift
