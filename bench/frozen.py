@@ -61,7 +61,7 @@ def measure(frozen, n):
             cache = os.path.join(tmp, str(i))
             os.mkdir(cache, 0o700)
             # Container context: the hint decides (step 3) and is cached; a host-context call is
-            # answered by its own facts and never cached (README "Cache").
+            # answered by its own facts and never cached (docs/decision.md#cache).
             env = {"PATH": (bindir + ":" if bindir else "") + SYSTEM_PATH, "IPTABLES_SHIM_CACHE_DIR": cache,
                    "IPTABLES_SHIM_CONTEXT": "container"}
             for _ in range(3):  # warm: page cache and the shim's per-netns entry

@@ -130,7 +130,7 @@ def worker(key, reps):
                 "cold": ([SHIM, "-t", "filter", "-S"], cold_env)}
     if backend:
         commands["cached"] = ([SHIM, "-t", "filter", "-S"], cached_env)
-        # The same hit with a configuration file to read (README "Configuration"), and a
+        # The same hit with a configuration file to read (docs/configuration.md), and a
         # host-context call, which the caller's own facts answer (step 2) without the cache.
         conf = os.path.join(cache_dir, "iptables-shim.conf")
         with open(conf, "w") as f:
@@ -247,7 +247,7 @@ def main():
     for key in ("nft-0", "legacy-0"):
         r = results[key]
         if "conf" in r:
-            print("  %-62s %7.3f (cpu %.3f): README \"Configuration\"" % (
+            print("  %-62s %7.3f (cpu %.3f): docs/configuration.md" % (
                 "cached with a configuration file / cached, " + key, r["conf"] / r["cached"],
                 r["cpu"]["conf"] / r["cpu"]["cached"]))
         if "host" in r:
