@@ -10,7 +10,7 @@ from shim.errors import ShimError
 from shim.tools import BACKENDS
 
 USAGE = ("usage: iptables-shim explain [--json] [--family iptables|ip6tables] | doctor [--json] "
-         "[--prometheus FILE] [--netns PATH]... | install DIR|--alternatives | uninstall DIR|--alternatives")
+         "[--prometheus FILE] [--every SECONDS] [--netns PATH]... | install DIR|--alternatives | uninstall DIR|--alternatives")
 
 
 def explain_report(family, environ, shim_path, tree=None):
