@@ -9,15 +9,18 @@ Debian bullseye's arm64 kernel 5.10), the frozen aarch64 shim decides on that re
 with the real save binaries: legacy rules -> legacy, nft rules -> nft, an empty netns -> the image's
 alias (legacy, then nft); detection loads no module. qemu-user does not pass NETLINK_NETFILTER
 through, so the probes must run under a real arm64 kernel, not emulated beside this one. The VM's
-disk is made from a bullseye arm64 root with the kernel, iptables and nftables
-(tests/arm64-root.sh: a foreign debootstrap whose second stage runs under qemu-user-static, in a
-private user namespace). IPTABLES_SHIM_TEST_ARM64_VM=0 turns the VM off.
+disk is made from a bullseye arm64 root with the kernel and all its modules, iptables (both
+variants, the alternatives' links as its postinst makes them) and nftables, assembled from Debian's
+.debs (tests/debroot.py: apt resolves the Depends, `dpkg -x` extracts them, one depmod runs under
+qemu-user-static; ~20 s from scratch) while the tree cross-compiles. IPTABLES_SHIM_TEST_ARM64_VM=0
+turns the VM off.
 
 Cached like the image tests (tests/images): the tree and the build in
 $IPTABLES_SHIM_TEST_CACHE (default /var/cache/iptables-shim-tests), rebuilt when shim/ or
 packaging/ change (the interpreter itself only when its sources or toolchain do); IPTABLES_SHIM_TEST_FRESH=1 builds from scratch. Mark `images`.
 """
 
+import concurrent.futures
 import json
 import os
 import re
@@ -25,6 +28,7 @@ import subprocess
 
 import pytest
 
+import debroot
 import vm
 from conftest import REPO
 from images import VERSION, Workspace, elf_machine
@@ -32,7 +36,7 @@ from test_vm_kernels import COLD, MAIN, field, landed_of, script
 
 pytestmark = [
     pytest.mark.images,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root: debootstrap, namespaces, buildah"),
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root: dpkg -x, namespaces, buildah, qemu"),
     pytest.mark.skipif(os.environ.get("IPTABLES_SHIM_TEST_ARM64") == "0",
                        reason="IPTABLES_SHIM_TEST_ARM64=0: the arm64 tests are off"),
     pytest.mark.skipif(not os.path.exists("/usr/bin/qemu-aarch64-static"),
@@ -40,8 +44,10 @@ pytestmark = [
 ]
 
 EM_AARCH64 = 183
-# In the VM root's one debootstrap (tests/arm64-root.sh).
-VM_PACKAGES = "linux-image-arm64,initramfs-tools,kmod,iptables,nftables,iproute2,util-linux"
+# The VM root's packages, with what they depend on (tests/debroot.py); the kernel comes with it.
+VM_SUITE = "bullseye"
+VM_PACKAGES = ("kmod", "iptables", "nftables", "iproute2", "util-linux", "mount", "dash", "coreutils", "grep",
+               "sed", "mawk", "findutils", "netbase")
 
 
 class Arm64(object):
@@ -55,19 +61,15 @@ class Arm64(object):
 def arm64():
     ws = Workspace.open()
     try:
-        root = os.path.join(ws.trees, "bullseye-arm64-vm")
-        # The VM's root debootstraps (emulated) while the tree cross-compiles.
-        vm_root = None
-        if os.environ.get("IPTABLES_SHIM_TEST_ARM64_VM") != "0":
-            vm_root = subprocess.Popen([os.path.join(REPO, "tests", "arm64-root.sh"), root, VM_PACKAGES],
-                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        try:
+        root = os.path.join(ws.trees, "%s-arm64-vm" % VM_SUITE)
+        # The VM's root is assembled (downloads, dpkg -x) while the tree cross-compiles.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            vm_root = None
+            if os.environ.get("IPTABLES_SHIM_TEST_ARM64_VM") != "0":
+                vm_root = pool.submit(debroot.build, ws, root, VM_SUITE, "arm64", VM_PACKAGES)
             dist, _ = ws.frozen("arm64")
-        finally:
             if vm_root is not None:
-                out = vm_root.communicate(timeout=3600)[0]
-                ws.log("tests/arm64-root.sh rc=%d" % vm_root.returncode)
-                assert vm_root.returncode == 0, out.decode("utf-8", "replace")[-3000:]
+                vm_root.result()
         yield Arm64(ws, os.path.join(dist, "iptables-shim"), root)
     finally:
         ws.close()
@@ -136,8 +138,8 @@ def arm64_vm(arm64):
     # this module, whether or not tests/test_vm_kernels.py runs.
     v = vm.VMs.open()
     try:
-        v.disk("bullseye-arm64", arch="arm64", tree=arm64.root)
-        rc, out = v.run("bullseye-arm64", VM_SCRIPT, shares={"arm64shim": arm64.tree})
+        v.disk(VM_SUITE + "-arm64", arch="arm64", tree=arm64.root)
+        rc, out = v.run(VM_SUITE + "-arm64", VM_SCRIPT, shares={"arm64shim": arm64.tree})
     finally:
         v.close()
     assert rc == 0, out

@@ -19,10 +19,9 @@ suite. IPTABLES_SHIM_TEST_FRESH=1 (.ci/run) builds in a temporary directory remo
 (`close()`), so CI builds from scratch. Build steps and boot times go to logs/vm.log there.
 
 arm64 (tests/test_arm64.py): `disk(name, arch="arm64", tree=TREE)` makes the disk from a tree built
-elsewhere, the arm64 build root of `packaging/build.sh --arch arm64` (IPTABLES_SHIM_BUILD_INCLUDE adds
-the kernel, iptables and nftables to its one emulated debootstrap, and a small initrd), and boots
-it with qemu-system-aarch64 (`-M virt`, cortex-a57, TCG, console ttyAMA0). Such a disk has no
-variants (they need the tree's own depmod, which would run emulated).
+elsewhere (tests/debroot.py: Debian's arm64 .debs extracted, its kernel, modules and a small
+initrd), and boots it with qemu-system-aarch64 (`-M virt`, cortex-a57, TCG, console ttyAMA0).
+Such a disk has no variants (they need the tree's own depmod, which would run emulated).
 
 Run by hand: `/usr/bin/python3 tests/vm.py build bookworm` or
 `/usr/bin/python3 tests/vm.py run bookworm 'uname -r; cat /proc/modules'`, and for a tree
@@ -327,8 +326,8 @@ def _write_init(tree):
 
 
 def _tree_key(tree):
-    """What identifies a tree made elsewhere: its build stamp's change time (build.sh writes it
-    last, and a remade tree writes it again)."""
+    """What identifies a tree made elsewhere: its build stamp's change time (tests/debroot.py
+    writes it last, and a remade tree writes it again)."""
     st = os.stat(os.path.join(tree, ".iptables-shim-build-root"))
     return "%d" % st.st_ctime_ns
 
