@@ -143,7 +143,10 @@ class PodmanOp(object):
         conf = os.path.join(base, "containers.conf")
         with open(conf, "w") as f:
             f.write("[containers]\ndefault_ulimits = []\n")
-        self.podman = PODMAN + ["--root", os.path.join(base, "storage"), "--runroot", os.path.join(base, "run")]
+        # Its state under base, all but netavark's IPAM database: rootful podman keeps that in
+        # /run/containers/networks whatever it is told (one per machine; the leases go at teardown).
+        self.podman = PODMAN + ["--root", os.path.join(base, "storage"), "--runroot", os.path.join(base, "run"),
+                                "--tmpdir", os.path.join(base, "tmp"), "--network-config-dir", os.path.join(base, "net")]
         self.env = {"LC_ALL": "C", "CONTAINERS_CONF": conf, "HOME": base}
         root = os.path.join(base, "rootfs")
         os.makedirs(os.path.join(root, "bin"))
