@@ -30,7 +30,6 @@ import copy
 import json
 import os
 import re
-import shutil
 import subprocess
 import uuid
 
@@ -39,7 +38,6 @@ import pytest
 from conftest import BIN, SYSTEM_PATH
 from namespaces import Netns
 from rootfs import CONTAINER_PATH, CONTAINER_SHIM, ChrootContainer, sbin_dir
-from shim_output import is_shim_error
 
 CNI_PATH = "/usr/lib/cni"
 PLUGINS = ("bridge", "host-local", "portmap", "firewall")
