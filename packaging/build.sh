@@ -84,11 +84,18 @@ toolchain() {
 ensure_sources() {
     local src=$CACHE/src p
     mkdir -p "$src"
+    local v versions
     for p in $PYTHON_SOURCE $ZLIB_SOURCE; do
         ls "$src/${p}_"*.dsc >/dev/null 2>&1 && continue
-        say "fetching Debian's source of $p"
-        (cd "$src" && apt-get source -qq --download-only "$p" >/dev/null 2>&1) ||
-            die "apt-get source $p failed: add a deb-src entry (bash .ci/setup does) and apt-get update"
+        versions=$(apt-cache showsrc "$p" 2>/dev/null | sed -n 's/^Version: //p' | sort -urV)
+        [ -n "$versions" ] || die "apt knows no source of $p: add a deb-src entry (bash .ci/setup does) and apt-get update"
+        # The newest the mirror serves: a version apt lists may be missing from it (404).
+        for v in $versions; do
+            say "fetching Debian's source of $p $v"
+            (cd "$src" && apt-get source -qq --download-only "$p=$v" >/dev/null 2>&1) && break
+            rm -f "$src/${p}_"*
+        done
+        ls "$src/${p}_"*.dsc >/dev/null 2>&1 || die "apt-get source $p failed for every version apt lists ($versions)"
     done
 }
 
@@ -200,7 +207,7 @@ assemble_tree() {
     {
         printf 'python\t%s\tdebian-source %s %s\n' "$(source_version $PYTHON_SOURCE | cut -d- -f1)" \
             "$PYTHON_SOURCE" "$(source_version $PYTHON_SOURCE)"
-        printf 'zlib\t%s\tdebian-source %s %s\n' "$(source_version $ZLIB_SOURCE | sed 's/[.]dfsg.*//; s/-.*//')" \
+        printf 'zlib\t%s\tdebian-source %s %s\n' "$(source_version $ZLIB_SOURCE | sed 's/^[0-9]*://; s/[.]dfsg.*//; s/-.*//')" \
             "$ZLIB_SOURCE" "$(source_version $ZLIB_SOURCE)"
         printf 'musl\t%s\tpypi ziglang %s\n' "$(sed -n 's/^#define VERSION "\(.*\)"/\1/p' \
             "$CACHE/zig-$ZIG_VERSION/ziglang/lib/libc/musl/src/internal/version.h")" "$ZIG_VERSION"

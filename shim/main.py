@@ -59,6 +59,10 @@ def report(r, settings):
         return  # a cache hit without a log file: shim.log is not even imported
     from shim import log
 
+    if r.cache_key is None and r.cache_dir:  # answered before the netns was asked (step 0, 2, override)
+        from shim.facts.netns import netns_key
+
+        r.cache_key = netns_key()
     line = log.format_line(r.name, r.binary, r.decision, r.how, r.cache_key)
     if log_path:
         log.append(log_path, line)

@@ -126,18 +126,20 @@ def resolve(name, settings, shim_path, consult_cache=True, gather_all=False, pro
     own = identity(shim_path)
     shim_ids = {own} if own else set()
     r.cache_dir = cache.cache_dir(settings.get(CACHE), settings.get(CACHE_DIR))
-    r.cache_key = netns.netns_key() if r.cache_dir else None
     mode = settings.get(MODE)
-    if r.cache_key and not (mode and not gather_all):  # an override never reads the cache
-        r.cached = cache.load(r.cache_dir, r.cache_key)
     try:
-        if mode and not gather_all:
+        if mode and not gather_all:  # an override never reads the cache
             r.decision, r.source, r.how = override(mode), "override", "override, not cached"
         else:
             r.caller = caller_facts(settings, proc)
-            if gather_all or not (_by_caller(r, settings, shim_ids, shim_path, proc)
-                                  or consult_cache and _by_cache(r)):
-                _by_facts(r, settings, shim_ids, shim_path, proc)
+            if gather_all or not _by_caller(r, settings, shim_ids, shim_path, proc):
+                # Only now the netns's key and entry: a caller its own facts answer (steps 0, 2:
+                # host context, no privilege) needs neither (tests/test_hot_path.py).
+                r.cache_key = netns.netns_key() if r.cache_dir else None
+                if r.cache_key:
+                    r.cached = cache.load(r.cache_dir, r.cache_key)
+                if gather_all or not (consult_cache and _by_cache(r)):
+                    _by_facts(r, settings, shim_ids, shim_path, proc)
         if r.found is None:  # only the names this answer can run
             family, suffix = split_name(name)
             wanted = variant_name(family, r.decision.backend, suffix)
