@@ -17,13 +17,6 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = ["README.md"] + sorted(os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "docs", "*.md")))
 
-# Written by other helpers this session and linked ahead of them; the lead drops an entry once
-# its file is in. Absent, it is an expected failure (xfail), never a silent pass.
-PENDING = {"docs/packaging.md", "packaging/deb.sh", "docs/node-callers.md"}
-
-# Code still citing README sections that moved to docs/ (none left).
-CODE_NOT_YET = set()
-
 ROOTS = ("shim", "tests", "packaging", "bench", ".ci", "deploy", "docs", "bin")
 _NOT_PART = r"(?<![\w/.$~-])"  # `/opt/iptables-shim/...`, `$PWD/bin`: not a path of the checkout
 TEST_REF = re.compile(_NOT_PART + r"((?:[\w.-]+/)*test_\w+\.py)::(test_\w+)(?:\[([^\]\n]*)\])?")
@@ -85,8 +78,6 @@ def anchors(text):
 
 
 def exists(rel):
-    if rel.rstrip("/") in PENDING:
-        return True  # test_pending_files_have_landed says whether it is there yet
     if any(c in rel for c in "*{"):
         return bool(glob.glob(os.path.join(REPO, re.sub(r"\{[^}]*\}", "*", rel))))
     return os.path.exists(os.path.join(REPO, rel))
@@ -188,8 +179,6 @@ def test_the_codes_citations_of_the_docs_exist():
     """Comments and docstrings cite docs sections (`docs/kernels.md`, `README "..."`) too."""
     problems = []
     for rel in code_files():
-        if rel in CODE_NOT_YET:
-            continue
         try:
             text = read(rel)
         except (UnicodeDecodeError, OSError):
@@ -198,12 +187,6 @@ def test_the_codes_citations_of_the_docs_exist():
                  if c.startswith(("docs/", "README")) or "no section" in why]
         problems += ["%s: %s (%s)" % (rel, c, why) for c, why in cited]
     assert problems == []
-
-
-@pytest.mark.parametrize("path", sorted(PENDING))
-def test_pending_files_have_landed(path):
-    if not os.path.exists(os.path.join(REPO, path)):
-        pytest.xfail("%s: linked ahead of the helper writing it this session" % path)
 
 
 # -- the checker itself ------------------------------------------------------------------------------
