@@ -418,24 +418,14 @@ def test_processes_exiting_while_the_audit_runs_leave_their_namespace_gone(tmp_p
 # -- 5. the frozen build -------------------------------------------------------------------------
 
 def frozen_tree():
-    """The onedir tree test_images.py's fixture built, if it is built from this source; else None
-    and why."""
+    """The frozen tree of this run's workspace (tests/images), built there if it is not yet."""
     import sys
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    try:
-        from images import DEFAULT_CACHE, source_key
-    except ImportError as e:
-        return None, "tests/images cannot be imported: %s" % e
-    root = os.environ.get("IPTABLES_SHIM_FROZEN_DIST") or os.path.join(
-        os.environ.get("IPTABLES_SHIM_TEST_CACHE", DEFAULT_CACHE), "dist")
-    tree = os.path.join(root, "iptables-shim", "iptables-shim")
-    stamp = os.path.join(root, ".source-key")
-    if not os.path.exists(tree):
-        return None, "no frozen build in %s: run `pytest -m images tests/test_images.py` first" % root
-    if not os.path.exists(stamp) or open(stamp).read() != source_key():
-        return None, "the frozen build in %s is of another source: run the images tests to rebuild it" % root
-    return tree, None
+    from images import Workspace
+
+    dist, _ = Workspace.open().frozen()
+    return os.path.join(dist, "iptables-shim", "iptables-shim")
 
 
 def comparable(report):
@@ -457,10 +447,9 @@ def assert_frozen_doctor_matches_source(frozen, namespaces, cache_dir, tmp_path)
     assert reports["frozen"] == reports["source"]
 
 
+@pytest.mark.images
 def test_frozen_build_gives_the_same_json(twenty, tmp_path):
-    frozen, why = frozen_tree()
-    if frozen is None:
-        pytest.skip(why)
+    frozen = frozen_tree()
     _, cache_dir, by_case = twenty
     assert_frozen_doctor_matches_source(frozen, list(by_case.values()), cache_dir, tmp_path)
 
