@@ -130,10 +130,7 @@ VM_SCRIPT = script(
 
 @pytest.fixture(scope="module")
 def arm64_vm(arm64):
-    if os.environ.get("IPTABLES_SHIM_TEST_ARM64_VM") == "0":
-        pytest.skip("IPTABLES_SHIM_TEST_ARM64_VM=0: the aarch64 VM is off")
-    if not os.path.exists("/usr/bin/qemu-system-aarch64"):
-        pytest.skip("needs qemu-system-arm (apt-get install -y --no-install-recommends qemu-system-arm)")
+    vm.skip_unless_arm64_vm()
     # Its own VMs: with IPTABLES_SHIM_TEST_FRESH=1 its temporary disk directory goes at the end of
     # this module, whether or not tests/test_vm_kernels.py runs.
     v = vm.VMs.open()

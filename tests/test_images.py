@@ -18,7 +18,7 @@ import pytest
 
 from conftest import REPO, SYSTEM_PATH
 from shim.tools import SHIM_NAMES
-from images import VERSION, Workspace, elf_machine
+from images import CONTAINER_PATH, VERSION, Workspace, elf_machine
 
 pytestmark = [
     pytest.mark.images,
@@ -297,17 +297,21 @@ def test_scratch_image_holds_only_the_frozen_tree(built, shim_image):
 def copied_image(built, shim_image):
     """A Python-less base (bookworm, iptables aliased to legacy) that copies the shim from the
     manifest, as an image author writes it, and installs it."""
-    ws = built.ws
-    base = ws.alias_image("bookworm", "legacy")
+    return copy_shim_into(built.ws, built.ws.alias_image("bookworm", "legacy"), shim_image[1],
+                          "localhost/shimtest/bookworm-copied:latest")
+
+
+def copy_shim_into(ws, base, shim_manifest, name, path_line=""):
+    """`name`: base + the shim's tree COPY --from the manifest + install, as an image author
+    writes it (packaging/Containerfile.scratch)."""
     ctx = tempfile.mkdtemp(prefix="shimtest-copy-")
     try:
         with open(os.path.join(ctx, "Containerfile"), "w") as f:
-            f.write("FROM %s\nCOPY --from=%s /opt/iptables-shim /opt/iptables-shim\n"
+            f.write("FROM %s\nCOPY --from=%s /opt/iptables-shim /opt/iptables-shim\n%s"
                     'RUN ["/opt/iptables-shim/iptables-shim", "install", "/usr/local/sbin"]\n'
-                    % (base, shim_image[1]))
-        name = "localhost/shimtest/bookworm-copied:latest"
+                    % (base, shim_manifest, path_line))
         ws.buildah(["bud", "--network", "none", "--isolation", "oci", "-t", name, ctx],
-                   what="buildah bud COPY --from the manifest")
+                   what="buildah bud COPY --from the manifest into " + base.split("/")[-1])
     finally:
         shutil.rmtree(ctx)
     return name
@@ -366,18 +370,8 @@ def test_copy_from_the_image_into_a_musl_only_base(built, shim_image, make_netns
         ws.podman(["import", "-", base], stdin=tar.stdout, what="tar | podman import musl root")
         tar.stdout.close()
         assert tar.wait() == 0
-    ctx = tempfile.mkdtemp(prefix="shimtest-musl-")
-    try:
-        with open(os.path.join(ctx, "Containerfile"), "w") as f:
-            f.write("FROM %s\nCOPY --from=%s /opt/iptables-shim /opt/iptables-shim\n"
-                    "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"
-                    'RUN ["/opt/iptables-shim/iptables-shim", "install", "/usr/local/sbin"]\n'
-                    % (base, shim_image[1]))
-        name = "localhost/shimtest/musl-copied:latest"
-        ws.buildah(["bud", "--network", "none", "--isolation", "oci", "-t", name, ctx],
-                   what="buildah bud COPY --from into the musl base")
-    finally:
-        shutil.rmtree(ctx)
+    name = copy_shim_into(ws, base, shim_image[1], "localhost/shimtest/musl-copied:latest",
+                          "ENV PATH=%s\n" % CONTAINER_PATH)
     for case, setup, n in [("legacy rules", "iptables-legacy -A INPUT -s 192.0.2.60 -j ACCEPT", 61),
                            ("empty", "", 62)]:
         ns = make_netns()

@@ -438,11 +438,9 @@ def arm64():
 
 @pytest.fixture(scope="module")
 def arm64_vm(arm64):
-    if os.environ.get("IPTABLES_SHIM_TEST_ARM64_VM") == "0":
-        pytest.skip("IPTABLES_SHIM_TEST_ARM64_VM=0: the aarch64 VM is off")
-    if not os.path.exists("/usr/bin/qemu-system-aarch64"):
-        pytest.skip("needs qemu-system-arm (apt-get install -y --no-install-recommends qemu-system-arm)")
     import vm
+
+    vm.skip_unless_arm64_vm()
 
     ws = Workspace.open()
     try:

@@ -312,6 +312,16 @@ class VMs(object):
             shutil.rmtree(job, ignore_errors=True)
 
 
+def skip_unless_arm64_vm():
+    """Skip the calling test (fixture) where the aarch64 VM is off or cannot run here."""
+    import pytest
+
+    if os.environ.get("IPTABLES_SHIM_TEST_ARM64_VM") == "0":
+        pytest.skip("IPTABLES_SHIM_TEST_ARM64_VM=0: the aarch64 VM is off")
+    if not os.path.exists("/usr/bin/qemu-system-aarch64"):
+        pytest.skip("needs qemu-system-arm (apt-get install -y --no-install-recommends qemu-system-arm)")
+
+
 def _release(suite, tree):
     releases = sorted(os.listdir(os.path.join(tree, "lib", "modules")))
     if len(releases) != 1:
