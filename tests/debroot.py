@@ -67,63 +67,6 @@ def recipe_key(suite, arch, packages):
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:12]
 
 
-class Apt(object):
-    """apt-get and apt-cache with lists, sources, status and preferences of their own under `top`,
-    for one suite and one (native to them) architecture."""
-
-    __slots__ = ("ws", "top", "suite", "arch", "_updated")
-
-    def __init__(self, ws, top, suite, arch):
-        self.ws, self.top, self.suite, self.arch, self._updated = ws, top, suite, arch, False
-
-    def options(self):
-        t = self.top
-        return ["-o", "Dir::State::Lists=" + os.path.join(t, "lists"),
-                "-o", "Dir::Cache=" + os.path.join(t, "cache"),
-                "-o", "Dir::Etc::SourceList=" + os.path.join(t, "sources.list"),
-                "-o", "Dir::Etc::SourceParts=" + os.path.join(t, "parts"),
-                "-o", "Dir::Etc::Preferences=" + os.path.join(t, "preferences"),
-                "-o", "Dir::Etc::PreferencesParts=" + os.path.join(t, "parts"),
-                # An empty dpkg status: what this machine has installed plays no part (and the
-                # dpkg lock apt would take is the one beside it).
-                "-o", "Dir::State::status=" + os.path.join(t, "status"),
-                "-o", "APT::Architecture=" + self.arch, "-o", "APT::Architectures::=" + self.arch,
-                "-o", "APT::Install-Recommends=0", "-o", "APT::Sandbox::User=root"]
-
-    def __call__(self, tool, args, what, cwd=None):
-        if not self._updated:
-            for d in ("lists/partial", "cache/archives/partial", "parts"):
-                os.makedirs(os.path.join(self.top, d), exist_ok=True)
-            open(os.path.join(self.top, "status"), "w").close()
-            with open(os.path.join(self.top, "sources.list"), "w") as f:
-                f.write("deb %s %s main\n" % (debootstrap.MIRROR, self.suite))
-            self.ws.run(["apt-get", "-q"] + self.options() + ["update"],
-                        what="debroot: apt-get update (%s %s)" % (self.suite, self.arch))
-            self._updated = True
-        return self.ws.run([tool, "-q"] + self.options() + list(args), what=what, cwd=cwd).stdout.decode()
-
-    def closure(self, names):
-        """name=version of names and all they (Pre-)Depend on, as apt would install them."""
-        out = self("apt-get", ["install", "--simulate", "-y"] + list(names), "debroot: resolve %d packages" % len(names))
-        found = re.findall(r"^Inst (\S+) \((\S+) ", out, re.M)
-        assert found, out
-        return ["%s=%s" % nv for nv in found]
-
-    def depends(self, name):
-        """The first package the newest `name` Depends on (a kernel meta package: its image)."""
-        show = self("apt-cache", ["show", "--no-all-versions", name], "debroot: apt-cache show " + name)
-        return [l.split(":", 1)[1].split()[0].rstrip(",") for l in show.splitlines() if l.startswith("Depends:")][0]
-
-    def download(self, specs, into):
-        """The .deb files of specs (name or name=version), in `into` (emptied first): their paths."""
-        shutil.rmtree(into, ignore_errors=True)
-        os.makedirs(into)
-        self("apt-get", ["download"] + list(specs), "debroot: apt-get download %d packages" % len(specs), cwd=into)
-        debs = sorted(os.path.join(into, n) for n in os.listdir(into) if n.endswith(".deb"))
-        assert len(debs) == len(specs), (specs, debs)
-        return debs
-
-
 def alternatives(postinsts):
     """{link: target} of the `update-alternatives --install` commands in the postinsts' text, as
     update-alternatives leaves them in auto mode: per name, the highest priority's paths."""
@@ -157,7 +100,7 @@ def build(ws, tree, suite, arch, packages):
         return tree
     t0 = time.monotonic()
     top = os.path.join(ws.root, "debroot")
-    apt = Apt(ws, os.path.join(top, "apt-%s-%s" % (suite, arch)), suite, arch)
+    apt = debootstrap.PrivateApt(ws, os.path.join(top, "apt-%s-%s" % (suite, arch)), suite, (arch,), "debroot")
     image = apt.depends("linux-image-" + arch)
     specs = apt.closure(packages)
     debs = apt.download(specs + [image] + list(INITRD_DEBS), os.path.join(top, "debs-%s-%s" % (suite, arch)))

@@ -146,30 +146,9 @@ class Builder(object):
     def __init__(self, ws):
         self.ws = ws
         self.top = os.path.join(ws.root, "musl")
-        self.apt_dir = os.path.join(self.top, "apt")
-        self._updated = False
-
-    def apt_options(self):
-        a = self.apt_dir
-        return ["-o", "Dir::State::Lists=" + os.path.join(a, "lists"),
-                "-o", "Dir::Cache=" + os.path.join(a, "cache"),
-                "-o", "Dir::Etc::SourceList=" + os.path.join(a, "sources.list"),
-                "-o", "Dir::Etc::SourceParts=" + os.path.join(a, "parts"),
-                # An empty dpkg status: what this machine has installed plays no part.
-                "-o", "Dir::State::status=" + os.path.join(a, "status"),
-                "-o", "APT::Architecture=amd64", "-o", "APT::Architectures::=amd64",
-                "-o", "APT::Architectures::=arm64", "-o", "APT::Sandbox::User=root"]
-
-    def apt(self, tool, args, what, cwd=None):
-        if not self._updated:
-            for d in ("lists/partial", "cache/archives/partial", "parts"):
-                os.makedirs(os.path.join(self.apt_dir, d), exist_ok=True)
-            open(os.path.join(self.apt_dir, "status"), "w").close()
-            with open(os.path.join(self.apt_dir, "sources.list"), "w") as f:
-                f.write("deb {m} {s} main\ndeb-src {m} {s} main\n".format(m=debootstrap.MIRROR, s=SUITE))
-            self.ws.run(["apt-get", "-q"] + self.apt_options() + ["update"], what="musl: apt-get update (private lists)")
-            self._updated = True
-        return self.ws.run([tool, "-q"] + self.apt_options() + list(args), what=what, cwd=cwd)
+        # amd64 native, arm64 beside it, and the sources (apt-get source iptables).
+        self.apt = debootstrap.PrivateApt(ws, os.path.join(self.top, "apt"), SUITE, ("amd64", "arm64"), "musl",
+                                          sources=True).run
 
     def download(self, names, arch, into):
         """The .deb files of names for arch, in `into` (emptied first): their paths."""
