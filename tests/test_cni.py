@@ -273,6 +273,16 @@ def assert_pod_gone(node, backend, before, pods):
     assert backend_is_empty(node, OTHER[backend]), save(node, OTHER[backend])
 
 
+def add_check_delete(cni, caller, pod, node, backend, before):
+    """One pod's life through `caller`: ADD puts every rule of it in `backend` and nothing in the
+    other, CHECK passes, DEL leaves the node's rules of `backend` as `before` (save())."""
+    cni.add(caller, pod)
+    assert_only_in(node, backend, [pod])
+    assert_check_passes(cni.check(caller, pod))
+    cni.delete(caller, pod)
+    assert_pod_gone(node, backend, before, [pod])
+
+
 def shim_log_backends(path):
     """The backend of each call the shim logged (IPTABLES_SHIM_LOG: one line per call)."""
     with open(path) as f:
@@ -376,11 +386,7 @@ def test_plugins_whose_filesystem_aliases_the_other_backend_write_into_the_nodes
     node = make_node(seeded, alias_in_container=OTHER[seeded])
     cni, caller, pod = Cni(), node.in_container(), node.pod()
     before = save(node.netns, seeded)
-    cni.add(caller, pod)
-    assert_only_in(node.netns, seeded, [pod])
-    assert_check_passes(cni.check(caller, pod))
-    cni.delete(caller, pod)
-    assert_pod_gone(node.netns, seeded, before, [pod])
+    add_check_delete(cni, caller, pod, node.netns, seeded, before)
     calls = shim_log_backends(node.container_log())
     assert len(calls) > 20 and set(calls) == {seeded}, calls
 
@@ -433,11 +439,7 @@ def test_first_pod_on_a_new_node_follows_the_plugins_alias_throughout(make_node,
     node = make_node(None, alias_in_container=alias)
     cni, caller, pod = Cni(), node.in_container(), node.pod()
     assert backend_is_empty(node.netns, "nft") and backend_is_empty(node.netns, "legacy")
-    cni.add(caller, pod)
-    assert_only_in(node.netns, alias, [pod])
-    assert_check_passes(cni.check(caller, pod))
-    cni.delete(caller, pod)
-    assert_pod_gone(node.netns, alias, [], [pod])
+    add_check_delete(cni, caller, pod, node.netns, alias, [])
 
 
 @pytest.mark.parametrize("hinted", ["legacy", "nft"])
@@ -448,11 +450,7 @@ def test_kubelets_hint_chain_alone_decides(make_node, hinted):
     node.hint(hinted)
     cni, caller, pod = Cni(), node.in_container(), node.pod()
     before = save(node.netns, hinted)
-    cni.add(caller, pod)
-    assert_only_in(node.netns, hinted, [pod])
-    assert_check_passes(cni.check(caller, pod))
-    cni.delete(caller, pod)
-    assert_pod_gone(node.netns, hinted, before, [pod])
+    add_check_delete(cni, caller, pod, node.netns, hinted, before)
 
 
 def test_cap_net_admin_only_runtime_on_an_nft_node(make_node):
@@ -462,11 +460,7 @@ def test_cap_net_admin_only_runtime_on_an_nft_node(make_node):
     node = make_node("nft", alias_in_container="legacy")
     cni, caller, pod = Cni(), node.in_container(caps=True), node.pod()
     before = save(node.netns, "nft")
-    cni.add(caller, pod)
-    assert_only_in(node.netns, "nft", [pod])
-    assert_check_passes(cni.check(caller, pod))
-    cni.delete(caller, pod)
-    assert_pod_gone(node.netns, "nft", before, [pod])
+    add_check_delete(cni, caller, pod, node.netns, "nft", before)
 
 
 def test_cap_net_admin_only_runtime_on_a_legacy_node_is_refused_not_split(make_node):
