@@ -115,6 +115,22 @@ class Root(object):
         """What update-alternatives says of both groups, byte for byte."""
         return self.ok("update-alternatives --query iptables; echo; update-alternatives --query ip6tables")
 
+    def assert_ufw_lands_in(self, netns, backend, seed):
+        """ufw (by full path, with its own PATH in ufw-init) in `netns`, where `seed` was written
+        into `backend`: its rules land there and nowhere else, and they went through the shim (the
+        decision, grounded in those rules, is in the root's /run/iptables-shim, kept in the upper
+        layer)."""
+        other = "nft" if backend == "legacy" else "legacy"
+        netns.ok("iptables-%s -A INPUT -s %s -j ACCEPT" % (backend, seed))
+        self.ok("ufw --force enable && ufw allow 2222/tcp", netns=netns)
+        rules = netns.rules(backend)
+        assert "-A INPUT -s %s/32 -j ACCEPT" % seed in rules
+        assert "-A ufw-user-input -p tcp -m tcp --dport 2222 -j ACCEPT" in rules, rules
+        assert netns.rules(other) == [] and netns.rules(other, "ip6tables") == []
+        cache = os.path.join(self.upper, "run", "iptables-shim")
+        entries = [open(os.path.join(cache, n)).read() for n in os.listdir(cache)] if os.path.isdir(cache) else []
+        assert entries and all(e.startswith(backend + " ") for e in entries), entries
+
     def links(self):
         """The links the alternatives system keeps, and the shim's record."""
         return self.ok("for n in iptables iptables-save iptables-restore ip6tables ip6tables-save "
@@ -157,18 +173,8 @@ def test_install_routes_full_path_callers_and_uninstall_restores_exactly(root, n
     assert all(l.endswith("(already this shim)") for l in out.splitlines()) and len(out.splitlines()) == 2
     assert (root.query(), root.links()) == (installed_query, installed_links)
 
-    # ufw (by full path, with its own PATH in ufw-init) in a netns that holds legacy rules.
-    netns.ok("iptables-legacy -A INPUT -s 192.0.2.9 -j ACCEPT")
-    root.ok("ufw --force enable && ufw allow 2222/tcp", netns=netns)
-    legacy = netns.rules("legacy")
-    assert "-A INPUT -s 192.0.2.9/32 -j ACCEPT" in legacy
-    assert "-A ufw-user-input -p tcp -m tcp --dport 2222 -j ACCEPT" in legacy, legacy
-    assert netns.rules("nft") == [] and netns.rules("nft", "ip6tables") == []
-    # It went through the shim: the decision (grounded in legacy's rules) is in the shim's cache,
-    # /run/iptables-shim of the root (kept in this test's upper layer).
-    cache = os.path.join(root.upper, "run", "iptables-shim")
-    entries = [open(os.path.join(cache, n)).read() for n in os.listdir(cache)] if os.path.isdir(cache) else []
-    assert entries and all(e.startswith("legacy ") for e in entries), entries
+    # ufw in a netns that holds legacy rules.
+    root.assert_ufw_lands_in(netns, "legacy", "192.0.2.9")
 
     out = root.ok(SHIM + " uninstall --alternatives")
     assert out.splitlines() == ["ip6tables alternative: /usr/sbin/ip6tables-legacy (restored)",

@@ -245,15 +245,7 @@ def test_install_routes_ufw_through_the_shim_and_remove_puts_everything_back(roo
 
     # ufw, by full path and with ufw-init's own PATH, in a netns whose rules are in nft: they land
     # in nft, though the machine's alternative (the shim's default alias) is legacy.
-    netns.ok("iptables-nft -A INPUT -s 192.0.2.7 -j ACCEPT")
-    root.ok("ufw --force enable && ufw allow 2222/tcp", netns=netns)
-    nft = netns.rules("nft")
-    assert "-A INPUT -s 192.0.2.7/32 -j ACCEPT" in nft
-    assert "-A ufw-user-input -p tcp -m tcp --dport 2222 -j ACCEPT" in nft, nft
-    assert netns.rules("legacy") == [] and netns.rules("legacy", "ip6tables") == []
-    cache = os.path.join(root.upper, "run", "iptables-shim")
-    entries = [open(os.path.join(cache, n)).read() for n in os.listdir(cache)]
-    assert entries and all(e.startswith("nft ") for e in entries), entries
+    root.assert_ufw_lands_in(netns, "nft", "192.0.2.7")
 
     root.ok(APT + "remove iptables-shim")
     assert root.query() == before_query
