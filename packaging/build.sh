@@ -110,11 +110,12 @@ build_python() {
     t=$(triple "$arch")
     work=$CACHE/python-$arch
     stamp=$work/.stamp
-    # The recipe is this function, its lists and the launcher: an edit elsewhere rebuilds lib/ only.
+    # The recipe is this function, its lists and the builtin module: an edit of the launcher's
+    # main or route relinks it (link_launcher, seconds), an edit elsewhere rebuilds lib/ only.
     key="$ZIG_VERSION $(source_version $PYTHON_SOURCE) $(source_version $ZLIB_SOURCE) $(
-        { cat "$REPO/packaging/launcher/"*; declare -f build_python toolchain; echo "$PATCHES $UNUSED_MODULES"; } |
+        { cat "$REPO/packaging/launcher/shimsys.c"; declare -f build_python toolchain; echo "$PATCHES $UNUSED_MODULES"; } |
         sha256sum | cut -c1-16)"
-    [ "$(cat "$stamp" 2>/dev/null)" = "$key" ] && [ -x "$work/python" ] && return 0
+    [ "$(cat "$stamp" 2>/dev/null)" = "$key" ] && [ -f "$work/libpython.a" ] && return 0
     local t0=$SECONDS
     bin=$(toolchain "$t")
     rm -rf "$work"
@@ -137,7 +138,6 @@ build_python() {
         patch -d "$py" -p1 -s <"$series/$p" || die "Debian's patch $p does not apply"
         echo "$p" >>"$work/patches-applied"
     done
-    cp "$REPO/packaging/launcher/main.c" "$py/Programs/python.c"
     cp "$REPO/packaging/launcher/shimsys.c" "$py/Modules/_iptables_shim.c"
     # Built in: the standard library's modules (below), and the shim's own; not built: what no
     # module of lib/ imports (decimal, XML, the CJK codecs, audio, profiling, subinterpreters).
@@ -155,13 +155,41 @@ build_python() {
         # makes them shared libraries, which a static executable cannot load: built in, here.
         sh Modules/makesetup -c Modules/config.c.in -s Modules Modules/Setup.local Modules/Setup.stdlib \
             Modules/Setup.bootstrap Modules/Setup && mv config.c Modules/ &&
-        make -j"$JOBS" python) >"$work/cpython.log" 2>&1 || die "CPython build failed, see $work/cpython.log"
-    cp "$py/python" "$work/python"
+        make -j"$JOBS" python &&
+        # What link_launcher links the launcher with: the library, its headers and make's own flags.
+        printf 'flags:\n\t@echo "$(PY_CORE_LDFLAGS) $(LINKFORSHARED)"; echo "$(LIBS) $(MODLIBS) $(SYSLIBS)"\n' |
+            make -s -f Makefile -f - flags >"$work/link-flags") >"$work/cpython.log" 2>&1 ||
+        die "CPython build failed, see $work/cpython.log"
+    cp "$py/libpython3.11.a" "$work/libpython.a"
+    rm -rf "$work/include"
+    cp -a "$py/Include" "$work/include"
+    cp "$py/pyconfig.h" "$work/include/"
     rm -rf "$work/Lib"
     cp -a "$py/Lib" "$work/Lib"
     rm -rf "$py" "$work/zlib" "$work/debian"
     echo "$key" >"$stamp"
     say "CPython for $t built in $((SECONDS - t0)) s"
+}
+
+# link_launcher ARCH: the tree's executable, packaging/launcher/ (main.c, route.c and the header of
+# the shim's own names and texts, made from shim/ by settled_h.py) linked with the cached
+# interpreter: seconds, so a change to the C route never rebuilds CPython.
+link_launcher() {
+    local arch=$1 work=$CACHE/python-$1 bin out
+    bin=$(toolchain "$(triple "$arch")")
+    out=$work/launcher
+    rm -rf "$out"
+    mkdir -p "$out"
+    "$BUILD_PYTHON" -I "$REPO/packaging/launcher/settled_h.py" "$REPO" >"$out/settled.h"
+    local flags="-O2 -Wall -Wextra -Werror -Wno-unused-parameter -std=gnu11 -I. -I$work/include"
+    (cd "$out" &&
+        # shellcheck disable=SC2086 # one word each
+        "$bin/cc" $flags -c "$REPO/packaging/launcher/route.c" -o route.o &&
+        "$bin/cc" $flags -c "$REPO/packaging/launcher/main.c" -o main.o &&
+        # shellcheck disable=SC2046 # make's flags, one word each
+        "$bin/cc" -static -s -o iptables-shim main.o route.o "$work/libpython.a" \
+            $(head -1 "$work/link-flags") -L"$work/deps/lib" $(tail -1 "$work/link-flags")) \
+        >"$work/launcher.log" 2>&1 || { cat "$work/launcher.log" >&2; die "linking the launcher failed"; }
 }
 
 # The standard library modules the shim and its entry import (modulefinder follows every import,
@@ -200,7 +228,8 @@ assemble_tree() {
     local arch=$1 out=$2 work=$CACHE/python-$1 tree=$2/iptables-shim n
     rm -rf "$tree"
     mkdir -p "$tree/lib"
-    cp "$work/python" "$tree/iptables-shim"
+    link_launcher "$arch"
+    cp "$work/launcher/iptables-shim" "$tree/iptables-shim"
     n=$(assemble_lib "$work" "$tree/lib")
     cp "$REPO/packaging/iptables-shim.frozen" "$tree/"
     for n2 in $NAMES; do ln -sfn iptables-shim "$tree/$n2"; done

@@ -49,7 +49,8 @@ def parse_entry(data):
     if not text.endswith("\n") or text.count("\n") != 1:
         return None  # truncated, or not written by us
     parts = text[:-1].split(" ", 2)
-    if len(parts) != 3 or parts[0] not in BACKENDS or not parts[1].isdigit():
+    # ASCII digits only: str.isdigit() also takes "²", which int() then refuses (a traceback).
+    if len(parts) != 3 or parts[0] not in BACKENDS or not (parts[1].isascii() and parts[1].isdigit()):
         return None
     return parts[0], int(parts[1]), parts[2]
 

@@ -27,6 +27,7 @@ CACHE_DIR = "IPTABLES_SHIM_CACHE_DIR"
 LOG = "IPTABLES_SHIM_LOG"
 SYSLOG = "IPTABLES_SHIM_SYSLOG_SOCKET"
 DEBUG = "IPTABLES_SHIM_DEBUG"
+FAST_ROUTE = "IPTABLES_SHIM_FAST_ROUTE"  # the frozen launcher's C route (docs/configuration.md)
 
 # name: (allowed values or None for a path, what to say when the value is wrong)
 SETTINGS = {
@@ -37,6 +38,7 @@ SETTINGS = {
     LOG: (None, "not an absolute path"),
     SYSLOG: (None, "not an absolute path (the system log socket; `off` disables it)"),
     DEBUG: (("0", "1"), "not 0 or 1"),
+    FAST_ROUTE: (("on", "off"), "not a route setting: set it to on or off, or unset it"),
 }
 
 

@@ -12,12 +12,15 @@ SYSLOG_SOCKET = "/dev/log"
 TAG = "iptables-shim"
 SYSLOG_PRIORITY = 3 * 8 + 5  # facility daemon, severity notice
 MAX_LINE = 4000  # below PIPE_BUF-sized records and syslog's 8 KiB datagrams alike
+# A call's line, and its record in the log file (the frozen launcher's C route writes the same).
+LINE_FORMAT = "%s -> %s: %s (step %d: %s; %s; netns %s)"
+RECORD_FORMAT = "%s pid=%d %s\n"
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%S%z"
 
 
 def format_line(name, binary, decision, how, netns_key):
     """The one line describing a call: `NAME -> BINARY: BACKEND (step N: REASON; HOW; netns KEY)`."""
-    return "%s -> %s: %s (step %d: %s; %s; netns %s)" % (
-        name, binary, decision.backend, decision.step, decision.reason, how, netns_key)
+    return LINE_FORMAT % (name, binary, decision.backend, decision.step, decision.reason, how, netns_key)
 
 
 def parse_line(line):
@@ -49,7 +52,7 @@ def append(path, text):
     call goes on)."""
     import time
 
-    line = "%s pid=%d %s\n" % (time.strftime("%Y-%m-%dT%H:%M:%S%z"), posix.getpid(), _clip(text))
+    line = RECORD_FORMAT % (time.strftime(TIME_FORMAT), posix.getpid(), _clip(text))
     try:
         fd = posix.open(path, posix.O_WRONLY | posix.O_APPEND | posix.O_CREAT | posix.O_NOFOLLOW
                         | posix.O_CLOEXEC | posix.O_NONBLOCK, 0o640)

@@ -23,6 +23,12 @@ OVERRIDE_STEP = 1
 HOST_ALIAS_STEP = 2
 CACHEABLE_STEPS = (3, 4, 5)  # the answers that hold for every caller of the netns
 ABSENT = "absent"  # a value of Facts.support: the kernel cannot run this backend for this caller
+# The reasons of the answers the frozen launcher may give before Python starts (steps 0-2): its C
+# route spells them from here (packaging/launcher/settled_h.py), so both routes log the same line.
+NO_PRIVILEGE_REASON = ("no CAP_NET_ADMIN: it can change no backend, so it runs what a direct call "
+                       "of the default alias runs (%s)")
+OVERRIDE_REASON = "IPTABLES_SHIM_MODE=%s"
+HOST_ALIAS_REASON = "host context: the default alias runs %s"
 
 
 class Facts(object):
@@ -102,7 +108,7 @@ def override(mode):
         raise ShimError(
             "IPTABLES_SHIM_MODE=%r is not a backend: set it to nft or legacy, or unset it" % mode
         )
-    return Decision(mode, OVERRIDE_STEP, "IPTABLES_SHIM_MODE=%s" % mode)
+    return Decision(mode, OVERRIDE_STEP, OVERRIDE_REASON % mode)
 
 
 def decide(facts):
@@ -135,12 +141,10 @@ def decide(facts):
 def _decide(facts):
     alias = facts.alias_backend
     if facts.privileged is False and alias:
-        return Decision(alias, NO_PRIVILEGE_STEP,
-                        "no CAP_NET_ADMIN: it can change no backend, so it runs what a direct call "
-                        "of the default alias runs (%s)" % alias)
+        return Decision(alias, NO_PRIVILEGE_STEP, NO_PRIVILEGE_REASON % alias)
     usable_alias = alias if alias and facts.can_work(alias) else None
     if facts.context == "host" and usable_alias:
-        return Decision(alias, HOST_ALIAS_STEP, "host context: the default alias runs %s" % alias)
+        return Decision(alias, HOST_ALIAS_STEP, HOST_ALIAS_REASON % alias)
     hinted = [b for b in BACKENDS if facts.hints.get(b)]
     if len(hinted) == 1:
         return Decision(hinted[0], 3, "kubelet's hint chain is in %s only" % hinted[0])

@@ -23,9 +23,13 @@ from shim.config import CACHE, CACHE_DIR, CONTEXT, MODE
 from shim.errors import ShimError
 from shim.facts import netns
 from shim.facts.binaries import alias_backend, find_on_path, identity
-from shim.policy import CACHEABLE_STEPS, Decision, Facts, Undecided, choose_binary, decide, override
+from shim.policy import CACHEABLE_STEPS, NO_PRIVILEGE_STEP, Decision, Facts, Undecided, choose_binary, decide, override
 from shim.tools import BACKENDS, FAMILIES, SHIM_NAMES, TOOL_SUFFIXES, all_variant_names, split_name, variant_name
 
+# How an answer was reached, in the log line (the frozen launcher's C route spells these too).
+HOW_OVERRIDE = "override, not cached"
+HOW_CALLER = "answered by the caller's own facts, not cached"
+HOW_CACHE_HIT = "cache hit %s/%s"
 ALIAS_ORDER = tuple(family + suffix for family in FAMILIES for suffix in TOOL_SUFFIXES)
 UNREAD = {"nft": None, "legacy": None}
 
@@ -129,7 +133,7 @@ def resolve(name, settings, shim_path, consult_cache=True, gather_all=False, pro
     mode = settings.get(MODE)
     try:
         if mode and not gather_all:  # an override never reads the cache
-            r.decision, r.source, r.how = override(mode), "override", "override, not cached"
+            r.decision, r.source, r.how = override(mode), "override", HOW_OVERRIDE
         else:
             r.caller = caller_facts(settings, proc)
             if gather_all or not _by_caller(r, settings, shim_ids, shim_path, proc):
@@ -189,7 +193,7 @@ def _by_caller(r, settings, shim_ids, shim_path, proc):
     decision = answers_alone(r.caller)
     if decision is None:
         return False
-    r.decision, r.source, r.how = decision, "caller", "answered by the caller's own facts, not cached"
+    r.decision, r.source, r.how = decision, "caller", HOW_CALLER
     return True
 
 
@@ -197,7 +201,7 @@ def _by_cache(r):
     if not (r.cached and r.cached[1] in CACHEABLE_STEPS):
         return False
     r.decision, r.source = Decision(*r.cached), "cache"
-    r.how = "cache hit %s/%s" % (r.cache_dir, r.cache_key)
+    r.how = HOW_CACHE_HIT % (r.cache_dir, r.cache_key)
     return True
 
 
@@ -229,7 +233,9 @@ def _choose(r, shim_path):
     wanted = variant_name(family, r.decision.backend, suffix)
     alias_path = r.found.get(name)
     backend_of_alias = None
-    if alias_path and not r.found.get(wanted):
+    if alias_path and r.decision.step == NO_PRIVILEGE_STEP:
+        pass  # the alias runs as a direct call would: its backend is not asked (no --version)
+    elif alias_path and not r.found.get(wanted):
         if r.caller and r.caller.alias_path == alias_path and r.caller.alias_backend:
             backend_of_alias = r.caller.alias_backend
         else:

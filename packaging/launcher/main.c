@@ -6,9 +6,13 @@
  *   tree/iptables-shim        this executable (the six names are links to it)
  *   tree/lib/                 the bytecode it imports: the shim and the standard library it uses
  *
- * Then it runs `import iptables_shim_entry` (packaging/entry.py), which dispatches on argv[0]. */
+ * First the C route (route.c) answers the calls that need no deciding (the override, the caller's
+ * own facts, a trusted cache entry) and execs, before Python is even initialised. Every other call,
+ * and any it hands over, goes on here in the same process: Python starts and runs
+ * `import iptables_shim_entry` (packaging/entry.py), which dispatches on argv[0] and decides. */
 
 #include "Python.h"
+#include "route.h"
 
 #include <limits.h>
 #include <stdio.h>
@@ -16,6 +20,11 @@
 #include <string.h>
 #include <sys/auxv.h>
 #include <unistd.h>
+
+extern char **environ;
+
+/* The tree's executable, for the route module below. */
+static char exe[PATH_MAX];
 
 /* Exit status of a shim that executed nothing (SPEC "Errors"). */
 #define NOTHING_RUN 127
@@ -40,6 +49,35 @@ static int own_path(char *out)
     return execfn && realpath(execfn, out) ? 0 : -1;
 }
 
+/* _iptables_shim_route.settle(name) -> (binary, line) where the C route answers a call of `name`
+ * in this process's environment, (None, why not) where it hands it to Python: what `explain` says
+ * of the route (shim/cli.py). */
+static PyObject *route_settle_py(PyObject *self, PyObject *args)
+{
+    const char *name;
+    if (!PyArg_ParseTuple(args, "s:settle", &name))
+        return NULL;
+    static struct route_answer answer;
+    route_settle_name(name, environ, exe, &answer);
+    if (answer.handover)
+        return Py_BuildValue("(Os)", Py_None, answer.handover);
+    return Py_BuildValue("(ss)", answer.binary, answer.line);
+}
+
+static PyMethodDef route_methods[] = {
+    {"settle", route_settle_py, METH_VARARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef route_module = {
+    .m_base = PyModuleDef_HEAD_INIT, .m_name = "_iptables_shim_route", .m_size = -1, .m_methods = route_methods,
+};
+
+static PyObject *route_module_init(void)
+{
+    return PyModule_Create(&route_module);
+}
+
 static int append_path(PyWideStringList *list, const char *path)
 {
     wchar_t *wide = Py_DecodeLocale(path, NULL);
@@ -52,9 +90,16 @@ static int append_path(PyWideStringList *list, const char *path)
 
 int main(int argc, char **argv)
 {
-    char exe[PATH_MAX], lib[PATH_MAX + 8];
+    char lib[PATH_MAX + 8];
     if (own_path(exe) != 0)
         return fail("cannot find its own executable (neither /proc/self/exe nor AT_EXECFN): mount /proc");
+
+    /* The C route: returns only when it hands the call to Python (or its execv failed). */
+    static struct route_answer answer;
+    route_settle(argc, argv, environ, exe, &answer);
+    if (!answer.handover)
+        route_exec(argc, argv, &answer);
+
     char *slash = strrchr(exe, '/');
     if (!slash)
         return fail("its own executable has no directory");
@@ -64,6 +109,8 @@ int main(int argc, char **argv)
 
     /* Isolated: no PYTHON* variables, no user site, no locale coercion (which would set LC_CTYPE
      * in the environment the real iptables inherits), no signal handlers beyond Python's own. */
+    if (PyImport_AppendInittab("_iptables_shim_route", route_module_init) != 0)
+        return fail("Python configuration failed (out of memory?)");
     PyPreConfig preconfig;
     PyPreConfig_InitIsolatedConfig(&preconfig);
     preconfig.utf8_mode = 1; /* scratch images have no locale; argv and paths as UTF-8/bytes */

@@ -1,0 +1,854 @@
+/* The frozen tree's C route: the answers that need no deciding, given before Python starts.
+ *
+ * Python (shim/) is the one place that decides (SPEC "Two routes, one decider"). This file only
+ * reads what is already settled, exactly as shim/ reads it, and gives Python's answer:
+ *
+ *   - the override, IPTABLES_SHIM_MODE (step 1);
+ *   - the caller's own facts: no CAP_NET_ADMIN runs the default alias (step 0), a host caller
+ *     runs its alias's backend where the symlink chain names it and the kernel can run it (step 2);
+ *   - a trusted cache entry of this netns that Python wrote (steps 3-5).
+ *
+ * Anything it cannot read, trust or parse as Python would, and every error, is handed to Python
+ * (route_answer.handover says why): then main.c starts the interpreter in the same process, which
+ * decides and speaks as if this file did not exist. So a check here may be stricter than Python's
+ * (it then costs a Python start), never looser. It never prints, never writes the cache, never
+ * asks the kernel about rules. Its names and texts come from shim/ (settled.h, made by
+ * settled_h.py); the conformance suite (tests/test_fast_route.py) runs every case both ways.
+ *
+ * Each read is bounded by a fixed buffer; each call's result is checked. Model: runc's nsexec.c,
+ * C that runs before the real runtime and returns when it has nothing to do. */
+
+#define _GNU_SOURCE
+#include "route.h"
+#include "settled.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define N_BACKENDS 2
+#define MAX_LINKS 40       /* shim.facts.binaries.link_chain: the kernel's own limit */
+#define SHIM_COPY_SIZE 65536 /* is_shim_copy: larger files are executables, smaller ones are read */
+#define SHIM_COPY_READ 4096
+#define STATUS_READ 16384  /* shim.facts.privilege: one read of /proc/self/status */
+#define MODULES_READ (1 << 20)
+
+/* A read that shim/ could not have made the same way: hand the call to Python. */
+#define HAND(why) do { out->handover = (why); return; } while (0)
+
+/* -- small pieces -------------------------------------------------------------------------- */
+
+static const char *env_get(char **envp, const char *name)
+{
+    /* The first NAME=, as CPython's os.environ keeps the first of duplicates. */
+    size_t n = strlen(name);
+    for (char **e = envp; e && *e; e++)
+        if (strncmp(*e, name, n) == 0 && (*e)[n] == '=')
+            return *e + n + 1;
+    return NULL;
+}
+
+static int in_list(const char *value, const char *const *list)
+{
+    for (int i = 0; list[i]; i++)
+        if (strcmp(value, list[i]) == 0)
+            return i;
+    return -1;
+}
+
+/* snprintf that says whether everything fitted. */
+static int format(char *buf, size_t size, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int format(char *buf, size_t size, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, size, fmt, ap);
+    va_end(ap);
+    return n >= 0 && (size_t)n < size ? 0 : -1;
+}
+
+static const char *basename_of(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    return slash ? slash + 1 : path;
+}
+
+/* One read(2) of at most size bytes of an open file, as Python's posix.read(fd, size). */
+static int read_once(int fd, char *buf, size_t size, size_t *len)
+{
+    ssize_t n;
+    do
+        n = read(fd, buf, size);
+    while (n < 0 && errno == EINTR);
+    if (n < 0)
+        return -1;
+    *len = (size_t)n;
+    return 0;
+}
+
+/* Every byte up to size (Python's f.read(size) and f.read()): -1 on error or when larger. */
+static int read_all(int fd, char *buf, size_t size, size_t *len)
+{
+    size_t got = 0;
+    for (;;) {
+        ssize_t n = read(fd, buf + got, size - got);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return -1;
+        if (n == 0)
+            break;
+        got += (size_t)n;
+        if (got == size)
+            break;
+    }
+    *len = got;
+    return 0;
+}
+
+/* -- settings: shim.config.load_settings ----------------------------------------------------- */
+
+static int setting_valid(int index, const char *value)
+{
+    const struct setting_def *d = &SETTING_DEFS[index];
+    if (d->values)
+        return in_list(value, d->values) >= 0;
+    return value[0] == '/' || (d->path_or_off && strcmp(value, SYSLOG_OFF) == 0);
+}
+
+/* Strict UTF-8, as bytes.decode("utf-8"): no overlong forms, no surrogates, nothing past U+10FFFF. */
+static int utf8_valid(const unsigned char *s, size_t len)
+{
+    size_t i = 0;
+    while (i < len) {
+        unsigned c = s[i];
+        size_t n;
+        unsigned lo = 0x80, hi = 0xBF;
+        if (c < 0x80) { i++; continue; }
+        if (c >= 0xC2 && c <= 0xDF) n = 1;
+        else if (c == 0xE0) { n = 2; lo = 0xA0; }
+        else if (c == 0xED) { n = 2; hi = 0x9F; }
+        else if (c >= 0xE1 && c <= 0xEF) n = 2;
+        else if (c == 0xF0) { n = 3; lo = 0x90; }
+        else if (c >= 0xF1 && c <= 0xF3) n = 3;
+        else if (c == 0xF4) { n = 3; hi = 0x8F; }
+        else return 0;
+        if (i + n >= len)
+            return 0;
+        if (s[i + 1] < lo || s[i + 1] > hi)
+            return 0;
+        for (size_t k = 2; k <= n; k++)
+            if (s[i + k] < 0x80 || s[i + k] > 0xBF)
+                return 0;
+        i += n + 1;
+    }
+    return 1;
+}
+
+/* The whitespace str.strip() removes, of the bytes this parser accepts outside comments. */
+static int blank(char c) { return c == ' ' || c == '\t' || c == '\r'; }
+
+static char *strip(char *s, char **end)
+{
+    while (s < *end && blank(*s))
+        s++;
+    while (*end > s && blank((*end)[-1]))
+        (*end)--;
+    return s;
+}
+
+/* shim.config.parse over a file's bytes (NUL-terminated at len, so len < the buffer): values[i]
+ * point into data. Comment lines may hold any UTF-8; other lines printable ASCII, tab and CR
+ * (Python's strip() knows more whitespace: a line with any other byte goes to Python). */
+int route_parse_config(char *data, size_t len, const char **values)
+{
+    if (!utf8_valid((const unsigned char *)data, len))
+        return -1;
+    char *line = data, *stop = data + len;
+    while (line <= stop) {
+        char *nl = memchr(line, '\n', (size_t)(stop - line));
+        char *end = nl ? nl : stop;
+        char *s = strip(line, &end);
+        if (s < end && *s != '#') {
+            for (char *p = s; p < end; p++)
+                if (!blank(*p) && (*p < 0x20 || *p > 0x7e))
+                    return -1;
+            char *eq = memchr(s, '=', (size_t)(end - s));
+            if (!eq)
+                return -1; /* Python: not NAME=VALUE */
+            char *name_end = eq, *value_end = end;
+            char *name = strip(s, &name_end), *value = strip(eq + 1, &value_end);
+            *name_end = '\0';
+            int index = -1;
+            for (int i = 0; i < SETTING_COUNT; i++)
+                if (strcmp(name, SETTING_DEFS[i].name) == 0)
+                    index = i;
+            if (index < 0)
+                return -1; /* Python: unknown setting */
+            if (value_end - value >= 2 && value[0] == value_end[-1] && (value[0] == '"' || value[0] == '\'')) {
+                value++;
+                value_end--;
+            }
+            *value_end = '\0';
+            if (*value) {
+                if (!setting_valid(index, value))
+                    return -1;
+                values[index] = value;
+            }
+        }
+        if (!nl)
+            break;
+        line = nl + 1;
+    }
+    return 0;
+}
+
+/* shim.config.read_file: ENOENT is no file; anything Python would refuse goes to Python. */
+static int read_config(const char *path, char *buf, const char **values)
+{
+    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ENOENT ? 0 : -1;
+    struct stat st;
+    size_t len = 0;
+    int ok = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_uid == 0 &&
+             !(st.st_mode & (S_IWGRP | S_IWOTH)) && read_once(fd, buf, CONFIG_MAX_FILE + 1, &len) == 0 &&
+             len <= CONFIG_MAX_FILE;
+    close(fd);
+    if (!ok)
+        return -1;
+    buf[len] = '\0';
+    return route_parse_config(buf, len, values);
+}
+
+static char config_buffers[2][CONFIG_MAX_FILE + 2];
+
+/* The settings that are set (NULL: unset): the files, then the environment over them. */
+static const char *load_settings(char **envp, const char *exe, const char **values)
+{
+    char tree_file[PATH_MAX];
+    const char *dir_end = strrchr(exe, '/');
+    if (!dir_end || format(tree_file, sizeof tree_file, "%.*s/%s", (int)(dir_end - exe), exe, TREE_CONFIG))
+        return "the tree's configuration file has no path";
+    const char *main_file = env_get(envp, CONFIG_ENV);
+    if (!main_file || !*main_file)
+        main_file = CONFIG_FILE;
+    for (int i = 0; i < SETTING_COUNT; i++)
+        values[i] = NULL;
+    /* The tree's file first, the main file over it: shim.config.load_settings' reversed(files). */
+    if (read_config(tree_file, config_buffers[0], values) != 0)
+        return "the tree's configuration file is not one the C route reads (Python says why)";
+    if (read_config(main_file, config_buffers[1], values) != 0)
+        return "the configuration file is not one the C route reads (Python says why)";
+    for (int i = 0; i < SETTING_COUNT; i++) {
+        const char *v = env_get(envp, SETTING_DEFS[i].name);
+        if (v && *v) {
+            if (!setting_valid(i, v))
+                return "a setting in the environment is invalid (Python says which)";
+            values[i] = v;
+        }
+    }
+    return NULL;
+}
+
+/* -- binaries on PATH: shim.facts.binaries ---------------------------------------------------- */
+
+struct identity { int known; dev_t dev; ino_t ino; };
+
+/* path's next link target, made a path as binaries.beside() does; -1 at the chain's end. */
+static int next_link(char *path, size_t size)
+{
+    char target[PATH_MAX];
+    ssize_t n = readlink(path, target, sizeof target);
+    if (n < 0)
+        return -1;
+    if ((size_t)n >= sizeof target)
+        return -2; /* longer than Python would see whole */
+    target[n] = '\0';
+    if (target[0] == '/')
+        return format(path, size, "%s", target) ? -2 : 0;
+    char *slash = strrchr(path, '/');
+    char joined[PATH_MAX];
+    if (format(joined, sizeof joined, "%.*s%s", slash ? (int)(slash - path + 1) : 0, path, target))
+        return -2;
+    memcpy(path, joined, strlen(joined) + 1);
+    return 0;
+}
+
+/* The last of link_chain(path) into last; -1 if a link could not be followed as Python would. */
+static int chain_last(const char *path, char *last)
+{
+    if (format(last, PATH_MAX, "%s", path))
+        return -1;
+    for (int links = 0; links < MAX_LINKS; links++) {
+        int r = next_link(last, PATH_MAX);
+        if (r == -1)
+            break;
+        if (r == -2)
+            return -1;
+    }
+    return 0;
+}
+
+/* backend_from_links: index in BACKENDS, -1 when the chain does not say, -2 when unreadable. */
+static int backend_from_links(const char *path)
+{
+    char current[PATH_MAX];
+    if (format(current, sizeof current, "%s", path))
+        return -2;
+    for (int n = 0;; n++) {
+        const char *name = basename_of(current);
+        for (int b = 0; b < N_BACKENDS; b++) {
+            char multi[64], dashed[16];
+            if (format(multi, sizeof multi, "xtables-%s-multi", BACKENDS[b]) ||
+                format(dashed, sizeof dashed, "-%s", BACKENDS[b]))
+                return -2;
+            if (strcmp(name, multi) == 0 || strstr(name, dashed))
+                return b;
+        }
+        if (strcmp(name, OLD_MULTI) == 0)
+            return in_list("legacy", BACKENDS);
+        if (n == MAX_LINKS)
+            return -1;
+        int r = next_link(current, sizeof current);
+        if (r == -1)
+            return -1;
+        if (r == -2)
+            return -2;
+    }
+}
+
+/* is_shim_copy: 1 a copy of the shim, 0 not, -1 unknowable here. */
+static int is_shim_copy(const char *path, const struct stat *st)
+{
+    if (st->st_size > SHIM_COPY_SIZE) {
+        char last[PATH_MAX], mark[PATH_MAX];
+        if (chain_last(path, last) != 0)
+            return -1;
+        const char *slash = strrchr(last, '/');
+        if (format(mark, sizeof mark, "%.*s%s", slash ? (int)(slash - last + 1) : 0, last, FROZEN_MARK))
+            return -1;
+        struct stat m;
+        return stat(mark, &m) == 0;
+    }
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0; /* Python: OSError, not a copy */
+    char head[SHIM_COPY_READ];
+    size_t len = 0;
+    int r = read_all(fd, head, sizeof head, &len);
+    close(fd);
+    if (r != 0)
+        return 0;
+    return memmem(head, len, SHIM_MARK, strlen(SHIM_MARK)) != NULL;
+}
+
+/* find_on_path: found[i] is the first executable regular file named names[i] on PATH that is
+ * no shim ("" when none). -1: something Python would read otherwise. */
+static int find_on_path(const char *const *names, int count, const char *path_env,
+                        const struct identity *shim, char (*found)[PATH_MAX])
+{
+    for (int i = 0; i < count; i++)
+        found[i][0] = '\0';
+    const char *p = path_env ? path_env : "";
+    for (;;) {
+        const char *colon = strchr(p, ':');
+        size_t n = colon ? (size_t)(colon - p) : strlen(p);
+        char dir[PATH_MAX];
+        if (n > 0 && p[0] == '/') {
+            if (n >= sizeof dir)
+                return -1;
+            memcpy(dir, p, n);
+            dir[n] = '\0';
+            struct stat ds;
+            int searched = !(stat(dir, &ds) == 0 && (ds.st_mode & S_IWOTH));
+            while (n > 0 && dir[n - 1] == '/')
+                dir[--n] = '\0';
+            for (int i = 0; searched && i < count; i++) {
+                char path[PATH_MAX];
+                struct stat st;
+                if (found[i][0])
+                    continue;
+                if (format(path, sizeof path, "%s/%s", dir, names[i]))
+                    return -1;
+                if (stat(path, &st) != 0 || !S_ISREG(st.st_mode))
+                    continue;
+                if (shim->known && st.st_dev == shim->dev && st.st_ino == shim->ino)
+                    continue;
+                int copy = is_shim_copy(path, &st);
+                if (copy < 0)
+                    return -1;
+                if (copy || (st.st_mode & S_IWOTH))
+                    continue;
+                if (access(path, X_OK) == 0)
+                    memcpy(found[i], path, strlen(path) + 1);
+            }
+        }
+        if (!colon)
+            break;
+        p = colon + 1;
+    }
+    return 0;
+}
+
+/* is_multicall_binary: iptables' own ELF multi-call binary, which never calls iptables again. */
+static int is_multicall_binary(const char *path)
+{
+    char last[PATH_MAX];
+    if (chain_last(path, last) != 0)
+        return -1;
+    const char *name = basename_of(last);
+    if (strcmp(name, "xtables-nft-multi") && strcmp(name, "xtables-legacy-multi") && strcmp(name, OLD_MULTI))
+        return 0;
+    int fd = open(last, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    char magic[4];
+    size_t len = 0;
+    int r = read_all(fd, magic, sizeof magic, &len);
+    close(fd);
+    return r == 0 && len == 4 && memcmp(magic, "\177ELF", 4) == 0;
+}
+
+/* -- the caller's facts: shim.facts.context, privilege, netns, kernel_support ------------------ */
+
+/* context.detect_context: 1 host, 0 container. */
+static int host_context(void)
+{
+    struct stat st, root, init;
+    if (stat("/proc/self/ns/pid", &st) != 0 || st.st_ino != PROC_PID_INIT_INO)
+        return 0;
+    if (stat("/", &root) != 0)
+        return 0;
+    const char *const roots[] = {"/proc/1/root", "/proc/2/root"};
+    for (int i = 0; i < 2; i++)
+        if (stat(roots[i], &init) == 0)
+            return root.st_dev == init.st_dev && root.st_ino == init.st_ino;
+    return stat("/proc/self/ns/mnt", &st) == 0 && st.st_ino == PROC_MNT_INIT_INO;
+}
+
+/* The CapEff line of /proc/self/status: 0 parsed (net_admin set), -1 for Python to read. */
+int route_parse_capeff(const char *data, size_t len, int *net_admin)
+{
+    static const char key[] = "CapEff:";
+    const char *line = data, *stop = data + len;
+    while (line < stop) {
+        const char *nl = memchr(line, '\n', (size_t)(stop - line));
+        const char *end = nl ? nl : stop;
+        if ((size_t)(end - line) >= sizeof key - 1 && memcmp(line, key, sizeof key - 1) == 0) {
+            const char *p = line + sizeof key - 1;
+            while (p < end && (*p == ' ' || *p == '\t'))
+                p++;
+            unsigned long long value = 0;
+            int digits = 0;
+            for (; p < end && digits <= 16; p++, digits++) {
+                int d = *p >= '0' && *p <= '9' ? *p - '0' : *p >= 'a' && *p <= 'f' ? *p - 'a' + 10
+                      : *p >= 'A' && *p <= 'F' ? *p - 'A' + 10 : -1;
+                if (d < 0)
+                    break;
+                value = value << 4 | (unsigned)d;
+            }
+            while (p < end && (*p == ' ' || *p == '\t' || *p == '\r'))
+                p++;
+            if (digits == 0 || digits > 16 || p != end)
+                return -1; /* Python's int(x, 16) takes more forms: let it read them */
+            *net_admin = (int)(value >> CAP_NET_ADMIN & 1);
+            return 0;
+        }
+        if (!nl)
+            break;
+        line = nl + 1;
+    }
+    return -1;
+}
+
+static int net_admin(int *value)
+{
+    int fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    static char status[STATUS_READ];
+    size_t len = 0;
+    int r = read_once(fd, status, sizeof status, &len);
+    close(fd);
+    return r == 0 ? route_parse_capeff(status, len, value) : -1;
+}
+
+/* netns.netns_key: "cookie-N", or -1 where the kernel has no netns cookie. */
+static int netns_key(char *key, size_t size)
+{
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    uint64_t cookie = 0;
+    socklen_t len = sizeof cookie;
+    int r = getsockopt(fd, SOL_SOCKET, SO_NETNS_COOKIE, &cookie, &len);
+    close(fd);
+    if (r != 0 || len != sizeof cookie)
+        return -1;
+    return format(key, size, "%s%llu", CACHE_KEY_COOKIE, (unsigned long long)cookie);
+}
+
+/* Does /proc/modules list `module`? (kernel_support.loaded_modules: splitlines, first word) */
+int route_modules_list(const char *data, size_t len, const char *module)
+{
+    size_t m = strlen(module);
+    const char *line = data, *stop = data + len;
+    while (line < stop) {
+        const char *end = line;
+        while (end < stop && !strchr("\n\r\v\f\x1c\x1d\x1e", *end))
+            end++;
+        const char *space = memchr(line, ' ', (size_t)(end - line));
+        const char *word_end = space ? space : end;
+        if ((size_t)(word_end - line) == m && memcmp(line, module, m) == 0)
+            return 1;
+        line = end + 1;
+    }
+    return 0;
+}
+
+/* Can the kernel run the backend? 1 where Python's kernel_support says anything but "absent"
+ * by its first reads (loaded, built in, or unreadable), -1 where it would read further. */
+static int backend_can_work(const char *backend)
+{
+    struct stat st;
+    if (strcmp(backend, "legacy") == 0) {
+        if (stat("/proc" LEGACY_NAMES, &st) == 0)
+            return 1;           /* loaded */
+        return errno == ENOENT ? -1 : 1; /* unreadable is unknown, and unknown is not absent */
+    }
+    if (stat("/sys/module/" NFT_MODULE, &st) == 0 && S_ISDIR(st.st_mode))
+        return 1;
+    int fd = open("/proc/modules", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ENOENT ? 1 : -1; /* no module support: nothing to load, it is built in */
+    static char modules[MODULES_READ];
+    size_t len = 0;
+    int r = read_all(fd, modules, sizeof modules, &len);
+    close(fd);
+    if (r != 0 || len == sizeof modules)
+        return -1;
+    return route_modules_list(modules, len, NFT_MODULE) ? 1 : -1;
+}
+
+/* -- the cache: shim.cache.load ---------------------------------------------------------------- */
+
+static int trusted(const struct stat *st, int want_dir)
+{
+    return (want_dir ? S_ISDIR(st->st_mode) : S_ISREG(st->st_mode)) && st->st_uid == geteuid() &&
+           !(st->st_mode & (S_IWGRP | S_IWOTH));
+}
+
+/* cache.parse_entry over an entry's bytes: "BACKEND STEP REASON\n". The reason as stored, when it
+ * is printable ASCII (any other byte goes to Python, which decodes and logs it its way). */
+int route_parse_entry(const char *data, size_t len, int *backend, int *step, char *reason, size_t reason_size)
+{
+    if (len == 0 || data[len - 1] != '\n' || memchr(data, '\n', len - 1))
+        return -1;
+    for (size_t i = 0; i + 1 < len; i++)
+        if (data[i] < 0x20 || data[i] > 0x7e)
+            return -1;
+    const char *end = data + len - 1;
+    const char *sp1 = memchr(data, ' ', (size_t)(end - data));
+    if (!sp1)
+        return -1;
+    const char *sp2 = memchr(sp1 + 1, ' ', (size_t)(end - sp1 - 1));
+    if (!sp2)
+        return -1;
+    *backend = -1;
+    for (int b = 0; b < N_BACKENDS; b++)
+        if ((size_t)(sp1 - data) == strlen(BACKENDS[b]) && memcmp(data, BACKENDS[b], (size_t)(sp1 - data)) == 0)
+            *backend = b;
+    if (*backend < 0 || sp2 == sp1 + 1)
+        return -1;
+    long value = 0;
+    for (const char *p = sp1 + 1; p < sp2; p++) {
+        if (*p < '0' || *p > '9')
+            return -1;
+        if (value < 1000)
+            value = value * 10 + (*p - '0');
+    }
+    *step = (int)value; /* large values stay >= 1000: no cacheable step */
+    size_t n = (size_t)(end - sp2 - 1);
+    if (n >= reason_size)
+        return -1;
+    memcpy(reason, sp2 + 1, n);
+    reason[n] = '\0';
+    return 0;
+}
+
+/* -- the answer ---------------------------------------------------------------------------------- */
+
+struct call {
+    const char *name;          /* the tool */
+    char family[16], suffix[16];
+    const char **settings;
+    const char *exe;
+    struct identity shim;
+};
+
+static const char *log_line(struct route_answer *out, const struct call *c, const char *backend, int step,
+                            const char *reason, const char *how, const char *key)
+{
+    out->log_path[0] = '\0';
+    out->line[0] = '\0';
+    const char *log = c->settings[SETTING_LOG];
+    if (!log)
+        return NULL;
+    if (format(out->log_path, sizeof out->log_path, "%s", log) ||
+        format(out->line, sizeof out->line, LINE_FORMAT, c->name, out->binary, backend, step, reason, how, key) ||
+        strlen(out->line) > MAX_LINE)
+        return "the log line is longer than the C route writes whole (Python clips it)";
+    return NULL;
+}
+
+/* choose_binary: the variant of the chosen backend, else the tool's own alias where it runs that
+ * backend (a step-0 answer runs the alias as is). -1 where Python would error or ask --version. */
+static int choose(const char *variant, const char *alias, int backend, int step, const char *default_alias,
+                  int default_backend, char *binary)
+{
+    const char *path = NULL;
+    if (step == NO_PRIVILEGE_STEP && alias[0])
+        path = alias;
+    else if (variant[0])
+        path = variant;
+    else if (alias[0]) {
+        int b = strcmp(alias, default_alias) == 0 ? default_backend : backend_from_links(alias);
+        if (b == backend)
+            path = alias;
+    }
+    return path && !format(binary, PATH_MAX, "%s", path) ? 0 : -1;
+}
+
+static void settle(struct call *c, char **envp, struct route_answer *out)
+{
+    const char **s = c->settings;
+    const char *path_env = env_get(envp, "PATH");
+    const char *cache_dir = s[SETTING_CACHE] && strcmp(s[SETTING_CACHE], CACHE_OFF) == 0 ? NULL
+                          : s[SETTING_CACHE_DIR] ? s[SETTING_CACHE_DIR] : CACHE_DEFAULT_DIR;
+    const char *marker = env_get(envp, REENTRY_MARKER);
+    if (marker && *marker)
+        HAND("started again by a shim (" REENTRY_MARKER " is set): Python says so");
+    if (s[SETTING_FAST_ROUTE] && strcmp(s[SETTING_FAST_ROUTE], FAST_ROUTE_OFF) == 0)
+        HAND("IPTABLES_SHIM_FAST_ROUTE=off");
+    if (s[SETTING_DEBUG] && strcmp(s[SETTING_DEBUG], DEBUG_ON) == 0)
+        HAND("IPTABLES_SHIM_DEBUG=1: Python answers and writes its line on stderr");
+
+    char wanted_name[3][64]; /* [backend]: the variants of this tool, then the tool itself */
+    char found[ALIAS_COUNT + 2][PATH_MAX];
+    char alias[PATH_MAX], default_alias[PATH_MAX];
+    char key[64] = "";
+    int backend, step;
+    static char reason[ROUTE_TEXT], how[ROUTE_TEXT];
+    for (int b = 0; b < N_BACKENDS; b++)
+        if (format(wanted_name[b], sizeof wanted_name[b], "%s-%s%s", c->family, BACKENDS[b], c->suffix))
+            HAND("a name too long");
+
+    if (s[SETTING_MODE]) { /* step 1: the override */
+        backend = in_list(s[SETTING_MODE], BACKENDS);
+        const char *names[2] = {wanted_name[backend], c->name};
+        if (find_on_path(names, 2, path_env, &c->shim, found) != 0)
+            HAND("a PATH entry the C route does not read as Python does");
+        if (!found[0][0] && !found[1][0])
+            HAND("neither the variant nor the tool on PATH: Python looks for recorded aliases or says what is missing");
+        step = OVERRIDE_STEP;
+        if (format(reason, sizeof reason, OVERRIDE_REASON, s[SETTING_MODE]) || format(how, sizeof how, "%s", HOW_OVERRIDE))
+            HAND("a reason too long");
+        if (choose(found[0], found[1], backend, step, "", -1, out->binary) != 0)
+            HAND("no binary of the chosen backend whose name or links say so: Python asks --version or says what is missing");
+        memcpy(alias, found[1], sizeof alias);
+    } else {
+        int privileged;
+        if (net_admin(&privileged) != 0)
+            HAND("the caller's privilege cannot be read as Python reads it");
+        int host = s[SETTING_CONTEXT] ? strcmp(s[SETTING_CONTEXT], "host") == 0 : host_context();
+        if (host || !privileged) { /* the caller's own facts: steps 0 and 2 */
+            const char *names[ALIAS_COUNT + 2];
+            for (int i = 0; i < ALIAS_COUNT; i++)
+                names[i] = ALIAS_ORDER[i];
+            names[ALIAS_COUNT] = wanted_name[0];
+            names[ALIAS_COUNT + 1] = wanted_name[1];
+            if (find_on_path(names, ALIAS_COUNT + 2, path_env, &c->shim, found) != 0)
+                HAND("a PATH entry the C route does not read as Python does");
+            int first = -1, all = 1;
+            for (int i = ALIAS_COUNT - 1; i >= 0; i--) {
+                if (found[i][0])
+                    first = i;
+                else
+                    all = 0;
+            }
+            struct stat st;
+            if (!all && stat(STATE_FILE, &st) == 0)
+                HAND("install --alternatives recorded the default alias: Python reads it");
+            if (first < 0)
+                HAND("no default alias on PATH: the netns's own facts decide");
+            memcpy(default_alias, found[first], sizeof default_alias);
+            int alias_backend = backend_from_links(default_alias);
+            if (alias_backend < 0)
+                HAND("the default alias's links do not name its backend: Python asks --version");
+            backend = alias_backend;
+            if (!privileged) {
+                step = NO_PRIVILEGE_STEP;
+                if (format(reason, sizeof reason, NO_PRIVILEGE_REASON, BACKENDS[backend]))
+                    HAND("a reason too long");
+            } else {
+                if (backend_can_work(BACKENDS[backend]) != 1)
+                    HAND("the kernel's support of the alias's backend needs more reading than the C route does");
+                step = HOST_ALIAS_STEP;
+                if (format(reason, sizeof reason, HOST_ALIAS_REASON, BACKENDS[backend]))
+                    HAND("a reason too long");
+            }
+            int tool = in_list(c->name, ALIAS_ORDER);
+            memcpy(alias, found[tool], sizeof alias);
+            if (choose(found[ALIAS_COUNT + backend], alias, backend, step, default_alias, alias_backend,
+                       out->binary) != 0)
+                HAND("no binary of the chosen backend whose name or links say so: Python asks --version or says what is missing");
+            if (format(how, sizeof how, "%s", HOW_CALLER))
+                HAND("a reason too long");
+        } else { /* a trusted cache entry that Python wrote: steps 3-5 */
+            if (!cache_dir)
+                HAND("the cache is off: Python gathers the netns's facts");
+            if (netns_key(key, sizeof key) != 0)
+                HAND("no netns cookie (Linux < 5.14): Python decides");
+            char entry_path[PATH_MAX];
+            struct stat st;
+            if (format(entry_path, sizeof entry_path, "%s/%s", cache_dir, key))
+                HAND("a cache path too long");
+            if (lstat(cache_dir, &st) != 0 || !trusted(&st, 1))
+                HAND("no trusted cache directory: Python decides");
+            int fd = open(entry_path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+            if (fd < 0)
+                HAND("no cache entry for this netns: Python decides");
+            static char entry[CACHE_MAX_ENTRY];
+            size_t len = 0;
+            int ok = fstat(fd, &st) == 0 && trusted(&st, 0) && read_once(fd, entry, sizeof entry, &len) == 0;
+            close(fd);
+            if (!ok)
+                HAND("the cache entry is not trusted: Python decides and replaces it");
+            if (route_parse_entry(entry, len, &backend, &step, reason, sizeof reason) != 0)
+                HAND("the cache entry is not one the C route parses: Python reads it");
+            if (step < CACHEABLE_FIRST || step > CACHEABLE_LAST)
+                HAND("the cache entry holds no step of the netns's own rules or hints: Python decides");
+            const char *names[2] = {wanted_name[backend], c->name};
+            if (find_on_path(names, 2, path_env, &c->shim, found) != 0)
+                HAND("a PATH entry the C route does not read as Python does");
+            if (!found[0][0] && !found[1][0])
+                HAND("neither the variant nor the tool on PATH: Python looks for recorded aliases or says what is missing");
+            if (choose(found[0], found[1], backend, step, "", -1, out->binary) != 0)
+                HAND("no binary of the chosen backend whose name or links say so: Python asks --version or says what is missing");
+            memcpy(alias, found[1], sizeof alias);
+            if (format(how, sizeof how, HOW_CACHE_HIT, cache_dir, key))
+                HAND("a cache path too long");
+        }
+    }
+    int multicall = is_multicall_binary(out->binary);
+    if (multicall < 0)
+        HAND("the binary's links cannot be followed as Python follows them");
+    out->mark_reentry = strcmp(out->binary, alias) == 0 && !multicall;
+    /* The netns's key, for the log line only, where Python's report() asks it: an answer of the
+     * override or the caller's facts never reads the cache. "None": the cache is off, or no cookie. */
+    if (!key[0] && !(cache_dir && c->settings[SETTING_LOG] && netns_key(key, sizeof key) == 0))
+        memcpy(key, "None", 5);
+    const char *why = log_line(out, c, BACKENDS[backend], step, reason, how, key);
+    if (why)
+        HAND(why);
+    out->handover = NULL;
+}
+
+void route_settle_name(const char *name, char **envp, const char *exe, struct route_answer *out)
+{
+    static const char *settings[SETTING_COUNT];
+    struct call c = {.name = name, .settings = settings, .exe = exe};
+    struct stat st;
+    memset(out, 0, sizeof *out);
+    out->handover = "not one of the six names (the iptables-shim verbs, and errors, are Python's)";
+    if (in_list(name, SHIM_NAMES) < 0)
+        return;
+    if (format(out->exe, sizeof out->exe, "%s", exe))
+        HAND("the tree's path is too long");
+    const char *dash = strchr(name, '-');
+    size_t family = dash ? (size_t)(dash - name) : strlen(name);
+    if (format(c.family, sizeof c.family, "%.*s", (int)family, name) ||
+        format(c.suffix, sizeof c.suffix, "%s", name + family))
+        HAND("a name too long");
+    const char *why = load_settings(envp, exe, settings);
+    if (why)
+        HAND(why);
+    if (stat(exe, &st) == 0) {
+        c.shim.known = 1;
+        c.shim.dev = st.st_dev;
+        c.shim.ino = st.st_ino;
+    }
+    settle(&c, envp, out);
+}
+
+void route_settle(int argc, char **argv, char **envp, const char *exe, struct route_answer *out)
+{
+    if (argc < 1 || !argv[0]) {
+        memset(out, 0, sizeof *out);
+        out->handover = "no argv[0]";
+        return;
+    }
+    route_settle_name(basename_of(argv[0]), envp, exe, out);
+}
+
+/* -- the exec: shim.execute.exec_real and shim.log.append ------------------------------------- */
+
+static void append_log(const struct route_answer *a)
+{
+    char stamp[64], record[ROUTE_TEXT + 128];
+    time_t now = time(NULL);
+    struct tm tm;
+    if (!localtime_r(&now, &tm) || strftime(stamp, sizeof stamp, TIME_FORMAT, &tm) == 0)
+        return;
+    if (format(record, sizeof record, RECORD_FORMAT, stamp, (int)getpid(), a->line))
+        return;
+    int fd = open(a->log_path, O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK, 0640);
+    if (fd < 0)
+        return;
+    ssize_t n = write(fd, record, strlen(record));
+    (void)n; /* a log that cannot be written never stops the call (shim.log.append) */
+    close(fd);
+}
+
+void route_exec(int argc, char **argv, const struct route_answer *a)
+{
+    if (a->log_path[0])
+        append_log(a);
+    /* The dispositions Python's exec_real gives: SIGPIPE and SIGXFSZ as the kernel's defaults. */
+    struct sigaction dfl = {.sa_handler = SIG_DFL}, old_pipe, old_xfsz;
+    sigemptyset(&dfl.sa_mask);
+    if (sigaction(SIGPIPE, &dfl, &old_pipe) != 0)
+        return;
+    if (sigaction(SIGXFSZ, &dfl, &old_xfsz) != 0) {
+        sigaction(SIGPIPE, &old_pipe, NULL);
+        return;
+    }
+    const char *before = getenv(REENTRY_MARKER); /* unset or empty: settle() handed any other over */
+    int had = before != NULL;
+    char **args = calloc((size_t)argc + 1, sizeof *args);
+    if (args && (!a->mark_reentry || setenv(REENTRY_MARKER, a->exe, 1) == 0)) {
+        args[0] = (char *)basename_of(a->binary);
+        for (int i = 1; i < argc; i++)
+            args[i] = argv[i];
+        execv(a->binary, args);
+        if (a->mark_reentry) {
+            if (had)
+                setenv(REENTRY_MARKER, "", 1);
+            else
+                unsetenv(REENTRY_MARKER);
+        }
+    }
+    free(args);
+    sigaction(SIGPIPE, &old_pipe, NULL);
+    sigaction(SIGXFSZ, &old_xfsz, NULL);
+}
