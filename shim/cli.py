@@ -40,10 +40,26 @@ def explain_report(family, environ, shim_path, tree=None):
         "decision": None if d is None else {"backend": d.backend, "step": d.step, "reason": d.reason,
                                             "cacheable": d.cacheable, "source": r.source},
         "runs": r.binary if r.binary else "error: %s" % r.error,
+        "route": answering_route(family),
         "warnings": readability_warnings(d.backend, r, environ) if d else [],
         "cache": {"dir": r.cache_dir, "entry": None if r.cached is None else
                   {"backend": r.cached[0], "step": r.cached[1], "reason": r.cached[2]}},
     }
+
+
+def answering_route(name):
+    """Which route answers a call of `name` here and now: the frozen launcher's C route, before
+    Python starts (packaging/launcher/route.c, asked through its builtin module), or Python, and
+    why not the C one (docs/decision.md#two-routes)."""
+    try:
+        import _iptables_shim_route
+    except ImportError:
+        return {"route": "python", "runs": None,
+                "why": "the source shim (bin/) has no launcher: Python answers every call"}
+    binary, why = _iptables_shim_route.settle(name)
+    if binary is None:
+        return {"route": "python", "runs": None, "why": why}
+    return {"route": "launcher", "runs": binary, "why": "a settled answer: the C route runs it before Python starts"}
 
 
 # What a `*-save` binary prints for kernel state it cannot parse: iptables-nft 1.8.7 (bullseye)
@@ -94,6 +110,7 @@ def format_text(r):
     lines = [
         "decision:      %s" % ("%s (step %d: %s)" % (d["backend"], d["step"], d["reason"]) if d else "none"),
         "runs:          %s" % r["runs"],
+        "route:         %s (%s)" % (r["route"]["route"], r["route"]["why"]),
         "context:       %s (%s)" % (r["context"]["value"], r["context"]["why"]),
         "privilege:     %s (%s)" % ({True: "yes", False: "no", None: "unknown"}[r["privilege"]["net_admin"]],
                                     r["privilege"]["why"]),

@@ -23,7 +23,10 @@ from shim.resolve import resolve
 from shim.tools import CLI_NAME, SHIM_NAMES
 
 
-def run_tool(name, argv, environ, shim_path, tree=None):
+def answer(name, environ, shim_path, tree=None):
+    """(Resolution, settings) of a call of `name`, before anything is stored, logged or run;
+    ShimError when nothing can run. The frozen launcher's C route must give this same answer
+    where it answers (tests/test_fast_route_generated.py compares them)."""
     started_by = environ.get(REENTRY_MARKER)
     if started_by:
         raise ShimError(
@@ -35,6 +38,19 @@ def run_tool(name, argv, environ, shim_path, tree=None):
     r = resolve(name, settings, shim_path)
     if r.error:
         raise ShimError(r.error)
+    return r, settings
+
+
+def reentry_mark(r, shim_path):
+    """The re-entry mark's value for the exec of r.binary, or None. The default alias could be a
+    script calling iptables through PATH, back into the shim: marked, unless it is iptables' own
+    binary (then the caller's environment passes as is)."""
+    alias = r.binary == r.found.get(r.name) and not is_multicall_binary(r.binary)
+    return shim_path if alias else None
+
+
+def run_tool(name, argv, environ, shim_path, tree=None):
+    r, settings = answer(name, environ, shim_path, tree)
     if r.store:  # only now: a call that cannot run (a broken PATH) must not decide for later ones
         if cache.store(r.store[0], r.store[1], r.decision.backend, r.decision.step, r.decision.reason):
             r.how = "cached in %s/%s" % r.store
@@ -42,12 +58,21 @@ def run_tool(name, argv, environ, shim_path, tree=None):
             r.how = "cache %s unusable, not cached" % r.store[0]
     report(r, settings)
     try:
-        # The default alias could be a script calling iptables through PATH, back into the shim:
-        # marked, unless it is iptables' own binary (then the caller's environment passes as is).
-        alias = r.binary == r.found.get(name) and not is_multicall_binary(r.binary)
-        exec_real(r.binary, argv, mark_reentry=shim_path if alias else None)
+        exec_real(r.binary, argv, mark_reentry=reentry_mark(r, shim_path))
     except OSError as e:
         raise ShimError("cannot execute %s: %s" % (r.binary, e.strerror))
+
+
+def call_line(r):
+    """The call's line (shim.log.format_line), with the netns's key asked only now where the
+    answer did not need it (step 0, 2, override)."""
+    from shim import log
+
+    if r.cache_key is None and r.cache_dir:
+        from shim.facts.netns import netns_key
+
+        r.cache_key = netns_key()
+    return log.format_line(r.name, r.binary, r.decision, r.how, r.cache_key)
 
 
 def report(r, settings):
@@ -59,11 +84,7 @@ def report(r, settings):
         return  # a cache hit without a log file: shim.log is not even imported
     from shim import log
 
-    if r.cache_key is None and r.cache_dir:  # answered before the netns was asked (step 0, 2, override)
-        from shim.facts.netns import netns_key
-
-        r.cache_key = netns_key()
-    line = log.format_line(r.name, r.binary, r.decision, r.how, r.cache_key)
+    line = call_line(r)
     if log_path:
         log.append(log_path, line)
     if new:

@@ -671,6 +671,7 @@ static void settle(struct call *c, char **envp, struct route_answer *out)
         if (net_admin(&privileged) != 0)
             HAND("the caller's privilege cannot be read as Python reads it");
         int host = s[SETTING_CONTEXT] ? strcmp(s[SETTING_CONTEXT], "host") == 0 : host_context();
+        int searched = 0, answered = 0, tool = in_list(c->name, ALIAS_ORDER);
         if (host || !privileged) { /* the caller's own facts: steps 0 and 2 */
             const char *names[ALIAS_COUNT + 2];
             for (int i = 0; i < ALIAS_COUNT; i++)
@@ -679,6 +680,7 @@ static void settle(struct call *c, char **envp, struct route_answer *out)
             names[ALIAS_COUNT + 1] = wanted_name[1];
             if (find_on_path(names, ALIAS_COUNT + 2, path_env, &c->shim, found) != 0)
                 HAND("a PATH entry the C route does not read as Python does");
+            searched = 1;
             int first = -1, all = 1;
             for (int i = ALIAS_COUNT - 1; i >= 0; i--) {
                 if (found[i][0])
@@ -689,32 +691,34 @@ static void settle(struct call *c, char **envp, struct route_answer *out)
             struct stat st;
             if (!all && stat(STATE_FILE, &st) == 0)
                 HAND("install --alternatives recorded the default alias: Python reads it");
-            if (first < 0)
-                HAND("no default alias on PATH: the netns's own facts decide");
-            memcpy(default_alias, found[first], sizeof default_alias);
-            int alias_backend = backend_from_links(default_alias);
-            if (alias_backend < 0)
-                HAND("the default alias's links do not name its backend: Python asks --version");
-            backend = alias_backend;
-            if (!privileged) {
-                step = NO_PRIVILEGE_STEP;
-                if (format(reason, sizeof reason, NO_PRIVILEGE_REASON, BACKENDS[backend]))
+            /* No default alias: the caller's facts answer nothing, the cache below may (resolve.py). */
+            if (first >= 0) {
+                memcpy(default_alias, found[first], sizeof default_alias);
+                int alias_backend = backend_from_links(default_alias);
+                if (alias_backend < 0)
+                    HAND("the default alias's links do not name its backend: Python asks --version");
+                backend = alias_backend;
+                if (!privileged) {
+                    step = NO_PRIVILEGE_STEP;
+                    if (format(reason, sizeof reason, NO_PRIVILEGE_REASON, BACKENDS[backend]))
+                        HAND("a reason too long");
+                } else {
+                    if (backend_can_work(BACKENDS[backend]) != 1)
+                        HAND("the kernel's support of the alias's backend needs more reading than the C route does");
+                    step = HOST_ALIAS_STEP;
+                    if (format(reason, sizeof reason, HOST_ALIAS_REASON, BACKENDS[backend]))
+                        HAND("a reason too long");
+                }
+                memcpy(alias, found[tool], sizeof alias);
+                if (choose(found[ALIAS_COUNT + backend], alias, backend, step, default_alias, alias_backend,
+                           out->binary) != 0)
+                    HAND("no binary of the chosen backend whose name or links say so: Python asks --version or says what is missing");
+                if (format(how, sizeof how, "%s", HOW_CALLER))
                     HAND("a reason too long");
-            } else {
-                if (backend_can_work(BACKENDS[backend]) != 1)
-                    HAND("the kernel's support of the alias's backend needs more reading than the C route does");
-                step = HOST_ALIAS_STEP;
-                if (format(reason, sizeof reason, HOST_ALIAS_REASON, BACKENDS[backend]))
-                    HAND("a reason too long");
+                answered = 1;
             }
-            int tool = in_list(c->name, ALIAS_ORDER);
-            memcpy(alias, found[tool], sizeof alias);
-            if (choose(found[ALIAS_COUNT + backend], alias, backend, step, default_alias, alias_backend,
-                       out->binary) != 0)
-                HAND("no binary of the chosen backend whose name or links say so: Python asks --version or says what is missing");
-            if (format(how, sizeof how, "%s", HOW_CALLER))
-                HAND("a reason too long");
-        } else { /* a trusted cache entry that Python wrote: steps 3-5 */
+        }
+        if (!answered) { /* a trusted cache entry that Python wrote: steps 3-5 */
             if (!cache_dir)
                 HAND("the cache is off: Python gathers the netns's facts");
             if (netns_key(key, sizeof key) != 0)
@@ -738,14 +742,19 @@ static void settle(struct call *c, char **envp, struct route_answer *out)
                 HAND("the cache entry is not one the C route parses: Python reads it");
             if (step < CACHEABLE_FIRST || step > CACHEABLE_LAST)
                 HAND("the cache entry holds no step of the netns's own rules or hints: Python decides");
-            const char *names[2] = {wanted_name[backend], c->name};
-            if (find_on_path(names, 2, path_env, &c->shim, found) != 0)
-                HAND("a PATH entry the C route does not read as Python does");
-            if (!found[0][0] && !found[1][0])
-                HAND("neither the variant nor the tool on PATH: Python looks for recorded aliases or says what is missing");
-            if (choose(found[0], found[1], backend, step, "", -1, out->binary) != 0)
+            const char *variant = found[ALIAS_COUNT + backend];
+            if (!searched) { /* only the two names this answer can run, as resolve() looks them up */
+                const char *names[2] = {wanted_name[backend], c->name};
+                if (find_on_path(names, 2, path_env, &c->shim, found) != 0)
+                    HAND("a PATH entry the C route does not read as Python does");
+                if (!found[0][0] && !found[1][0])
+                    HAND("neither the variant nor the tool on PATH: Python looks for recorded aliases or says what is missing");
+                variant = found[0];
+                tool = 1;
+            }
+            memcpy(alias, found[tool], sizeof alias);
+            if (choose(variant, alias, backend, step, "", -1, out->binary) != 0)
                 HAND("no binary of the chosen backend whose name or links say so: Python asks --version or says what is missing");
-            memcpy(alias, found[1], sizeof alias);
             if (format(how, sizeof how, HOW_CACHE_HIT, cache_dir, key))
                 HAND("a cache path too long");
         }

@@ -6,6 +6,7 @@ REPORT = {
     "decision": {"backend": "legacy", "step": 3, "reason": "kubelet's hint chain is in legacy only",
                  "cacheable": True, "source": "facts"},
     "runs": "/usr/sbin/iptables-legacy",
+    "route": {"route": "python", "runs": None, "why": "no cache entry for this netns: Python decides"},
     "context": {"value": "container", "why": "IPTABLES_SHIM_CONTEXT=container"},
     "privilege": {"net_admin": True, "why": "CAP_NET_ADMIN in the effective set"},
     "netns": {"kind": "pod", "key": "cookie-7"},
@@ -27,6 +28,7 @@ def test_every_fact_on_its_own_line():
     assert lines[0] == "decision:      legacy (step 3: kubelet's hint chain is in legacy only)"
     assert lines[1] == "runs:          /usr/sbin/iptables-legacy"
     assert lines[2] == "warning:       w1"
+    assert lines[3] == "route:         python (no cache entry for this netns: Python decides)"
     assert "privilege:     yes (CAP_NET_ADMIN in the effective set)" in lines
     assert "legacy:        rules=None hint=True (from save (unread: ip6tables-legacy-save))" in lines
     assert "               kernel support unknown (not read)" in lines

@@ -1,0 +1,390 @@
+"""Generated cases: the launcher's C route gives Python's answer, or hands the call to Python.
+
+Hypothesis draws a caller (root, root without CAP_NET_ADMIN, CAP_NET_ADMIN only, nobody; the
+host's PID namespace or a new one), a PATH (Debian's alternatives, merged /usr through a link,
+nft only, legacy only, no plain names, an alias whose backend only `--version` tells, a script
+alias, a missing family, the tree itself on PATH, a copy of the tree, a world-writable directory,
+relative, empty and missing entries), a cache (an entry valid or truncated, oversize, symlinked,
+another owner's, group-writable, garbage, a step of every number, a directory that is not trusted)
+and settings (environment and files, valid and invalid, quoted, CRLF, UTF-8 comments, untrusted
+files). Each case runs in that caller's own context through tests/croute/compare.py: the C route
+(the probe, built with AddressSanitizer and UBSan against glibc) and Python's shim.main.answer.
+Where the C route answers, Python must have answered from the override, the caller's own facts or
+the cache, with the same binary, re-entry mark, log file and log line.
+
+The same cases against deliberately broken routes must fail (test_the_suite_catches_a_broken_route),
+and the fuzz harness runs the C parsers under the sanitizers (test_parsers_under_the_sanitizers).
+"""
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+
+import pytest
+from hypothesis import HealthCheck, Phase, example, given, settings
+from hypothesis import strategies as st
+
+import croute
+from conftest import NOBODY, bin_for_other_users
+from namespaces import NSENTER, Netns
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: callers of every privilege, a netns")
+
+SHIM_NAMES = ["iptables", "iptables-save", "iptables-restore", "ip6tables", "ip6tables-save", "ip6tables-restore"]
+REAL = {"nft": "/usr/sbin/xtables-nft-multi", "legacy": "/usr/sbin/xtables-legacy-multi"}
+
+CALLERS = {
+    "root": [],
+    "root without CAP_NET_ADMIN": ["/usr/bin/setpriv", "--bounding-set=-net_admin"],
+    "CAP_NET_ADMIN only": ["/usr/bin/setpriv", "--reuid=%d" % NOBODY, "--regid=%d" % NOBODY, "--clear-groups",
+                           "--inh-caps=+net_admin,+net_raw", "--ambient-caps=+net_admin,+net_raw"],
+    "nobody": ["/usr/bin/setpriv", "--reuid=%d" % NOBODY, "--regid=%d" % NOBODY, "--clear-groups"],
+}
+RUNNER_UID = {"root": 0, "root without CAP_NET_ADMIN": 0, "CAP_NET_ADMIN only": NOBODY, "nobody": NOBODY}
+
+
+# -- what a case is made of ---------------------------------------------------------------------
+
+def names(family, backend, alias=True, variants=True):
+    out = {}
+    for suffix in ("", "-save", "-restore"):
+        if variants:
+            out["%s-%s%s" % (family, backend, suffix)] = REAL[backend]
+        if alias:
+            out[family + suffix] = "%s-%s%s" % (family, backend, suffix) if variants else REAL[backend]
+    return out
+
+
+def layout(kind, backend, other):
+    """{name: link target or ("script", text)} of one PATH directory shaped like a distribution's."""
+    both = {}
+    if kind == "alternatives":  # Debian: the alias -> the variant -> xtables-*-multi; both variants
+        for family in ("iptables", "ip6tables"):
+            both.update(names(family, other, alias=False))
+            both.update(names(family, backend))
+    elif kind == "one backend":  # RHEL/UBI (nft only), or a legacy-only musl root
+        for family in ("iptables", "ip6tables"):
+            both.update(names(family, backend))
+    elif kind == "variants only":
+        for family in ("iptables", "ip6tables"):
+            both.update(names(family, backend, alias=False))
+            both.update(names(family, other, alias=False))
+    elif kind == "alias by --version only":
+        for family in ("iptables", "ip6tables"):
+            both.update(names(family, backend, alias=False))
+            for suffix in ("", "-save", "-restore"):
+                both[family + suffix] = ("script", "#!/bin/sh\necho 'iptables v1.8.9 (%s)'\n"
+                                         % ("nf_tables" if other == "nft" else "legacy"))
+    elif kind == "script alias":  # its links name the backend, its variant is not on PATH
+        for family in ("iptables", "ip6tables"):
+            both.update(names(family, other, alias=False))
+            for suffix in ("", "-save", "-restore"):
+                both[family + suffix] = "%s-%s-wrapper%s" % (family, backend, suffix)
+                both["%s-%s-wrapper%s" % (family, backend, suffix)] = (
+                    "script", "#!/bin/sh\nexec %s \"$@\"\n" % REAL[backend])
+    elif kind == "ip6tables only":
+        both.update(names("ip6tables", backend))
+    return both
+
+
+def make_dir(path, entries):
+    os.makedirs(path, exist_ok=True)
+    for name, target in entries.items():
+        p = os.path.join(path, name)
+        if isinstance(target, tuple):
+            with open(p, "w") as f:
+                f.write(target[1])
+            os.chmod(p, 0o755)
+        else:
+            os.symlink(target, p)
+
+
+def fake_tree(path, conf=None):
+    """A stand-in for the frozen tree: a large executable file, the marker, the six names."""
+    os.makedirs(path)
+    exe = os.path.join(path, "iptables-shim")
+    with open(exe, "wb") as f:
+        f.write(b"\x7fELF" + b"\0" * 70000)
+    os.chmod(exe, 0o755)
+    open(os.path.join(path, "iptables-shim.frozen"), "w").close()
+    for name in SHIM_NAMES:
+        os.symlink("iptables-shim", os.path.join(path, name))
+    return exe
+
+
+# Each setting's values, the wrong ones last: an index past the valid ones (one draw in sixteen) is
+# an error, which Python must report and the C route must hand over.
+SETTING_VALUES = {
+    "IPTABLES_SHIM_MODE": (["nft", "legacy", ""], ["bogus"]),
+    "IPTABLES_SHIM_CONTEXT": (["host", "container"], ["pod"]),
+    "IPTABLES_SHIM_CACHE": (["on", "off", "on"], ["maybe"]),
+    "IPTABLES_SHIM_LOG": (["LOG"], ["relative.log"]),
+    "IPTABLES_SHIM_DEBUG": (["0", "0", "1"], ["2"]),
+    "IPTABLES_SHIM_FAST_ROUTE": (["on", "on", "off"], ["fast"]),
+    "IPTABLES_SHIM_SYSLOG_SOCKET": (["off", "/dev/null/log"], ["log"]),
+}
+
+
+def setting_value(name, i, case_dir):
+    valid, wrong = SETTING_VALUES[name]
+    value = wrong[0] if i == 15 else valid[i % len(valid)]
+    return value.replace("LOG", os.path.join(case_dir, "shim.log"))
+
+
+env_settings = st.dictionaries(st.sampled_from(sorted(SETTING_VALUES)), st.integers(0, 15), max_size=3)
+file_line = st.one_of(
+    st.tuples(st.sampled_from(sorted(SETTING_VALUES)), st.integers(0, 15), st.sampled_from(
+        ["%s=%s", "%s = %s", "  %s=\"%s\"", "%s='%s'\r", "%s=%s  # not a comment", "\t%s=%s\t"])),
+    st.sampled_from(["# a comment \u00e9\u00e8", "", "   ", "#\u00a0x", "# x"] * 6 + [
+        "IPTABLES_SHIM_NOPE=1", "not a line", "\u00a0IPTABLES_SHIM_MODE=nft", "IPTABLES_SHIM_MODE=nft\x0b",
+        "\x1cIPTABLES_SHIM_MODE=nft"]),
+)
+config_file = st.one_of(st.none(), st.none(), st.none(), st.tuples(st.lists(file_line, max_size=4), st.sampled_from(
+    ["trusted"] * 16 + ["group-writable", "not root's", "symlink", "not UTF-8"])))
+
+ENTRY_KINDS = ["none"] + ["valid"] * 24 + ["truncated", "oversize", "symlink", "other owner",
+               "group-writable", "garbage", "unicode digit", "non-ASCII reason", "directory", "two lines"]
+case_strategy = st.fixed_dictionaries({
+    "name": st.sampled_from(SHIM_NAMES),
+    "caller": st.sampled_from(sorted(CALLERS)),
+    "pid_namespace": st.sampled_from(["host's", "new", "new"]),
+    "layout": st.sampled_from(["alternatives", "one backend", "variants only", "alias by --version only",
+                               "script alias", "ip6tables only", "none"]),
+    "alias_backend": st.sampled_from(["nft", "legacy"]),
+    "path": st.lists(st.sampled_from(["layout"] * 4 + ["merged link", "tree", "tree copy", "world-writable",
+                                                   "relative", "empty", "missing", "root"]), max_size=5),
+    "cache_dir": st.sampled_from(["trusted"] * 16 + ["absent", "world-writable", "symlink",
+                                  "another owner's"]),
+    "entry": st.sampled_from(ENTRY_KINDS),
+    "entry_backend": st.sampled_from(["nft", "legacy"]),
+    "entry_step": st.sampled_from([3, 4, 5] * 4 + [0, 1, 2, 6, 7, 12]),
+    "env": env_settings,
+    "main_file": config_file,
+    "tree_file": config_file,
+})
+
+
+# Explicit cases, run before the generated ones: every kind of cache entry and directory, every
+# step in an entry, both aliases for each kind of caller; from a case the C route answers.
+BASE = {"name": "iptables", "caller": "root", "pid_namespace": "new", "layout": "alternatives",
+        "alias_backend": "legacy", "path": ["layout"], "cache_dir": "trusted", "entry": "valid",
+        "entry_backend": "legacy", "entry_step": 5, "env": {}, "main_file": None, "tree_file": None}
+EXPLICIT = (
+    [dict(BASE, entry=kind) for kind in sorted(set(ENTRY_KINDS))]
+    + [dict(BASE, caller="CAP_NET_ADMIN only", entry=kind) for kind in ("valid", "other owner", "group-writable")]
+    + [dict(BASE, cache_dir=kind) for kind in ("absent", "world-writable", "symlink", "another owner's")]
+    + [dict(BASE, entry_step=step) for step in range(8)]
+    + [dict(BASE, caller=caller, pid_namespace=pid, alias_backend=backend, name=name)
+       for caller in sorted(CALLERS) for pid in ("host's", "new") for backend in ("nft", "legacy")
+       for name in ("iptables", "ip6tables-save")]
+    + [dict(BASE, env={"IPTABLES_SHIM_MODE": i}) for i in (0, 1, 15)]
+)
+
+
+def write_config(path, spec, case_dir):
+    lines, trust = spec
+    text = []
+    for line in lines:
+        if isinstance(line, tuple):
+            name, i, shape = line
+            text.append(shape % (name, setting_value(name, i, case_dir)))
+        else:
+            text.append(line)
+    data = "\n".join(text).encode("utf-8")
+    if trust == "not UTF-8":
+        data += b"\n# \xff\xfe\n"
+    target = path + ".real" if trust == "symlink" else path
+    with open(target, "wb") as f:
+        f.write(data)
+    os.chmod(target, 0o664 if trust == "group-writable" else 0o644)
+    if trust == "not root's":
+        os.chown(target, NOBODY, NOBODY)
+    if trust == "symlink":
+        os.symlink(target, path)
+
+
+def build_case(case, top, key):
+    """The files of one case under top; (exe, env, wrap)."""
+    uid = RUNNER_UID[case["caller"]]
+    other_uid = NOBODY if uid == 0 else 0
+    backend = case["alias_backend"]
+    other = "legacy" if backend == "nft" else "nft"
+    exe = fake_tree(os.path.join(top, "tree"))
+    if case["tree_file"]:
+        write_config(os.path.join(top, "tree", "iptables-shim.conf"), case["tree_file"], top)
+    if case["layout"] != "none":
+        make_dir(os.path.join(top, "layout"), layout(case["layout"], backend, other))
+    else:
+        os.makedirs(os.path.join(top, "layout"))
+    os.symlink("layout", os.path.join(top, "merged"))
+    shutil.copytree(os.path.join(top, "tree"), os.path.join(top, "tree-copy"), symlinks=True)
+    make_dir(os.path.join(top, "planted"), names("iptables", other, alias=True, variants=True))
+    os.chmod(os.path.join(top, "planted"), 0o777)
+    entries = {"layout": top + "/layout", "merged link": top + "/merged", "tree": top + "/tree",
+               "tree copy": top + "/tree-copy", "world-writable": top + "/planted", "relative": "layout",
+               "empty": "", "missing": top + "/missing", "root": "/"}
+    path = ":".join(entries[e] for e in case["path"])
+
+    cache = os.path.join(top, "cache")
+    kind = case["cache_dir"]
+    if kind != "absent":
+        real_cache = cache + ".real" if kind == "symlink" else cache
+        os.makedirs(real_cache)
+        os.chown(real_cache, other_uid if kind == "another owner's" else uid, 0)
+        os.chmod(real_cache, 0o777 if kind == "world-writable" else 0o700)
+        if kind == "symlink":
+            os.symlink(real_cache, cache)
+        write_entry(case, real_cache, key, uid, other_uid)
+
+    env = {"PATH": path, "IPTABLES_SHIM_CACHE_DIR": cache, "LC_ALL": "C"}
+    for name, i in case["env"].items():
+        env[name] = setting_value(name, i, top)
+    if case["main_file"]:
+        env["IPTABLES_SHIM_CONFIG"] = os.path.join(top, "main.conf")
+        write_config(env["IPTABLES_SHIM_CONFIG"], case["main_file"], top)
+    else:
+        env["IPTABLES_SHIM_CONFIG"] = os.path.join(top, "no.conf")
+    wrap = [NSENTER, "--net=" + NETNS[0].path]
+    if case["pid_namespace"] == "new":
+        wrap += ["/usr/bin/unshare", "--pid", "--fork", "--mount-proc"]
+    return exe, env, wrap + CALLERS[case["caller"]]
+
+
+def write_entry(case, cache, key, uid, other_uid):
+    kind = case["entry"]
+    if kind == "none":
+        return
+    path = os.path.join(cache, key)
+    valid = ("%s %d %s holds rules\n" % (case["entry_backend"], case["entry_step"], case["entry_backend"])).encode()
+    data = {"truncated": valid[:-4], "oversize": valid[:-1] + b"x" * 5000 + b"\n",
+            "garbage": bytes(range(256)), "unicode digit": "nft \uff13 r\n".encode(),
+            "non-ASCII reason": "nft 3 r\u00e9gle\n".encode(), "two lines": valid + valid}.get(kind, valid)
+    if kind == "directory":
+        os.mkdir(path)
+        return
+    target = path + ".target" if kind == "symlink" else path
+    with open(target, "wb") as f:
+        f.write(data)
+    os.chown(target, other_uid if kind == "other owner" else uid, 0)
+    os.chmod(target, 0o660 if kind == "group-writable" else 0o600)
+    if kind == "symlink":
+        os.symlink(os.path.basename(target), path)
+
+
+# -- running them -----------------------------------------------------------------------------------
+
+NETNS = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def shared_netns():
+    """One netns for every generated case: nothing here writes rules, and a netns per example would
+    cost more than the case. nft holds a rule, so Python's own decisions are grounded."""
+    with Netns.create() as ns:
+        ns.ok("iptables-nft -A INPUT -s 192.0.2.1 -j DROP")
+        NETNS[:] = [ns]
+        yield ns
+        NETNS[:] = []
+
+
+def run_case(case, probe_path, stats):
+    top = tempfile.mkdtemp(prefix="croute-case-", dir="/var/tmp")
+    try:
+        os.chmod(top, 0o755)
+        exe, env, wrap = build_case(case, top, NETNS[0].cache_key_value)
+        repo = os.path.dirname(bin_for_other_users()) if RUNNER_UID[case["caller"]] else croute.REPO
+        r = subprocess.run(wrap + ["/usr/bin/python3", "-I", "-S", croute.compare_script(), repo, exe, probe_path, case["name"]],
+                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+        assert r.returncode == 0, r.stderr.decode("utf-8", "replace")
+        result = json.loads(r.stdout)
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+    c, py = result["c"], result["python"]
+    assert result["c_stderr"] == "", result["c_stderr"]  # a sanitizer's report, or a print
+    if "handover" in c:
+        assert result["c_rc"] == 3
+        stats["handed over"] += 1
+        stats.setdefault("why", {}).setdefault(c["handover"], 0)
+        stats["why"][c["handover"]] += 1
+        return
+    stats["answered"] += 1
+    stats["step %s" % py.get("step")] = stats.get("step %s" % py.get("step"), 0) + 1
+    assert result["c_rc"] == 0
+    assert "error" not in py, (case, c, py)
+    assert py["source"] in ("override", "caller", "cache"), (case, c, py)
+    for field in ("binary", "mark", "log", "line"):
+        assert c[field] == py[field], (field, case, c, py)
+
+
+def check_generated(probe_path, max_examples, shrink=True):
+    stats = {"answered": 0, "handed over": 0}
+    phases = [Phase.explicit, Phase.generate] + ([Phase.shrink] if shrink else [])
+
+    def each(case):
+        run_case(case, probe_path, stats)
+
+    for case in EXPLICIT:
+        each = example(case)(each)
+    each = given(case_strategy)(each)
+    settings(max_examples=max_examples, deadline=None, derandomize=True, phases=phases, database=None,
+             report_multiple_bugs=False,
+             suppress_health_check=list(HealthCheck))(each)()
+    return stats
+
+
+@pytest.fixture(scope="module")
+def netns_key(shared_netns):
+    shared_netns.cache_key_value = shared_netns.cache_key()
+    return shared_netns.cache_key_value
+
+
+def test_the_c_route_gives_pythons_answer_or_hands_over(netns_key):
+    stats = check_generated(croute.probe(), max_examples=400)
+    print(json.dumps(stats, indent=1, sort_keys=True))  # the distribution, for -s and the closing note
+    # The suite can fail only if the C route answers often enough, at each of its steps.
+    assert stats["answered"] >= 40, json.dumps(stats, indent=1)
+    assert all(stats.get("step %d" % s, 0) > 0 for s in (0, 1, 2, 3, 4, 5)), stats
+
+
+# Each breaks one rule of the C route; each must be caught by the generated cases above.
+MUTATIONS = {
+    "the owner check of the cache dropped": (
+        "S_ISREG(st->st_mode)) && st->st_uid == geteuid() &&", "S_ISREG(st->st_mode)) &&"),
+    "an alias misread (every chain read as nft)": (
+        "            if (strcmp(name, multi) == 0 || strstr(name, dashed))\n                return b;",
+        "            if (strcmp(name, multi) == 0 || strstr(name, dashed))\n                return 0;"),
+    "an entry of a step outside 3-5 accepted": (
+        "if (step < CACHEABLE_FIRST || step > CACHEABLE_LAST)", "if (step > 99)"),
+}
+
+
+@pytest.mark.parametrize("mutation", sorted(MUTATIONS))
+def test_the_suite_catches_a_broken_route(netns_key, mutation):
+    broken = croute.probe(MUTATIONS[mutation])
+    # Caught as a different answer (the C route's answer is in the message), not as a crash.
+    with pytest.raises(AssertionError, match="'binary': '/"):
+        check_generated(broken, max_examples=250, shrink=False)
+
+
+def test_parsers_under_the_sanitizers(tmp_path):
+    """The C route's parsers of untrusted bytes (cache entries, configuration, /proc) over a fixed
+    corpus and 20,000 deterministic mutations of each seed (gcc, ASan + UBSan), then libFuzzer
+    for 20 s where Debian's clang is installed (.ci/setup installs it)."""
+    seeds = sorted(glob.glob(os.path.join(croute.CORPUS, "*")))
+    assert len(seeds) >= 6
+    r = subprocess.run([croute.fuzz_standalone()] + seeds, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       timeout=600)
+    assert r.returncode == 0 and r.stderr == b"", r.stderr.decode("utf-8", "replace")[-3000:]
+    assert r.stdout.decode().split()[0] == str(20000 * len(seeds))
+    fuzzer = croute.libfuzzer()
+    if fuzzer is None:
+        pytest.skip("no clang-14 for libFuzzer: the fixed corpus ran")
+    corpus = tmp_path / "corpus"
+    shutil.copytree(croute.CORPUS, str(corpus))
+    r = subprocess.run([fuzzer, "-max_total_time=20", "-timeout=5", "-rss_limit_mb=2048", str(corpus)],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=600)
+    assert r.returncode == 0, r.stderr.decode("utf-8", "replace")[-3000:]
+    assert b"Done " in r.stderr
