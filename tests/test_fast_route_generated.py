@@ -87,7 +87,35 @@ def layout(kind, backend, other):
                     "script", "#!/bin/sh\nexec %s \"$@\"\n" % REAL[backend])
     elif kind == "ip6tables only":
         both.update(names("ip6tables", backend))
+    elif kind == "alternatives to the shim":  # install --alternatives (the .deb): the names lead to the shim
+        for family in ("iptables", "ip6tables"):
+            both.update(names(family, other, alias=False))
+            both.update(names(family, backend, alias=False))
+            for suffix in ("", "-save", "-restore"):
+                both[family + suffix] = "../tree/iptables-shim"
     return both
+
+
+def write_record(case, top):
+    """/var/lib/iptables-shim/alternatives as install --alternatives writes it, under the case's
+    own /var/lib (bind-mounted in a mount namespace of the case's: the machine's is never touched)."""
+    state = os.path.join(top, "varlib", "iptables-shim")
+    os.makedirs(state)
+    lines = ["# iptables-shim install --alternatives: what was selected before.", "tool /usr/bin/update-alternatives",
+             "group iptables auto /usr/sbin/iptables-nft %s/tree/iptables 100" % top]
+    for family in ("iptables", "ip6tables"):
+        for suffix in ("", "-save", "-restore"):
+            lines.append("alias %s%s %s/layout/%s-%s%s" % (family, suffix, top, family, case["alias_backend"], suffix))
+    kind = case["record"]
+    if kind == "unknown line":
+        lines.append("bogus line")
+    data = ("\n".join(lines) + "\n").encode()
+    if kind == "non-ASCII":
+        data += "# caf\u00e9\n".encode()
+    path = os.path.join(state, "alternatives")
+    with open(path, "wb") as f:
+        f.write(data)
+    os.chmod(path, 0o666 if kind == "untrusted" else 0o644)
 
 
 def make_dir(path, entries):
@@ -152,7 +180,8 @@ case_strategy = st.fixed_dictionaries({
     "caller": st.sampled_from(sorted(CALLERS)),
     "pid_namespace": st.sampled_from(["host's", "new", "new"]),
     "layout": st.sampled_from(["alternatives", "one backend", "variants only", "alias by --version only",
-                               "script alias", "ip6tables only", "none"]),
+                               "script alias", "ip6tables only", "alternatives to the shim", "none"]),
+    "record": st.sampled_from(["none", "none", "aliases", "aliases", "untrusted", "unknown line", "non-ASCII"]),
     "alias_backend": st.sampled_from(["nft", "legacy"]),
     "path": st.lists(st.sampled_from(["layout"] * 4 + ["merged link", "tree", "tree copy", "world-writable",
                                                    "relative", "empty", "missing", "root"]), max_size=5),
@@ -171,7 +200,8 @@ case_strategy = st.fixed_dictionaries({
 # step in an entry, both aliases for each kind of caller; from a case the C route answers.
 BASE = {"name": "iptables", "caller": "root", "pid_namespace": "new", "layout": "alternatives",
         "alias_backend": "legacy", "path": ["layout"], "cache_dir": "trusted", "entry": "valid",
-        "entry_backend": "legacy", "entry_step": 5, "env": {}, "main_file": None, "tree_file": None}
+        "entry_backend": "legacy", "entry_step": 5, "env": {}, "main_file": None, "tree_file": None,
+        "record": "none"}
 EXPLICIT = (
     [dict(BASE, entry=kind) for kind in sorted(set(ENTRY_KINDS))]
     + [dict(BASE, caller="CAP_NET_ADMIN only", entry=kind) for kind in ("valid", "other owner", "group-writable")]
@@ -181,6 +211,9 @@ EXPLICIT = (
        for caller in sorted(CALLERS) for pid in ("host's", "new") for backend in ("nft", "legacy")
        for name in ("iptables", "ip6tables-save")]
     + [dict(BASE, env={"IPTABLES_SHIM_MODE": i}) for i in (0, 1, 15)]
+    + [dict(BASE, layout="alternatives to the shim", record=kind, caller=caller, pid_namespace=pid)
+       for kind in ("none", "aliases", "untrusted", "unknown line", "non-ASCII")
+       for caller, pid in (("root", "host's"), ("nobody", "new"), ("root", "new"))]
 )
 
 
@@ -248,6 +281,10 @@ def build_case(case, top, key):
     else:
         env["IPTABLES_SHIM_CONFIG"] = os.path.join(top, "no.conf")
     wrap = [NSENTER, "--net=" + NETNS[0].path]
+    if case["record"] != "none":
+        write_record(case, top)
+        wrap += ["/usr/bin/unshare", "--mount", "--propagation", "private", "/bin/sh", "-c",
+                 '/usr/bin/mount --bind "$0" /var/lib && exec "$@"', os.path.join(top, "varlib")]
     if case["pid_namespace"] == "new":
         wrap += ["/usr/bin/unshare", "--pid", "--fork", "--mount-proc"]
     return exe, env, wrap + CALLERS[case["caller"]]

@@ -586,6 +586,95 @@ int route_parse_entry(const char *data, size_t len, int *backend, int *step, cha
     return 0;
 }
 
+/* -- the default alias that install --alternatives recorded: shim.install.recorded_aliases --------- */
+
+#define RECORD_READ 65536
+#define N_NAMES 6 /* SHIM_NAMES */
+
+struct record {
+    int state;                     /* 0 not read yet, 1 read (aliases may be empty), -1 unreadable here */
+    char alias[N_NAMES][PATH_MAX]; /* by index in SHIM_NAMES; "" when none */
+};
+
+static int root_only(const struct stat *st)
+{
+    return st->st_uid == 0 && !(st->st_mode & (S_IWGRP | S_IWOTH));
+}
+
+/* Record.parse over the file's bytes: aliases by name, the last line of a name winning. -1 where
+ * Python would read the text otherwise (anything but printable ASCII, tab and newline); 1 where
+ * Python refuses the record (then it has no aliases). */
+static int parse_record(char *data, size_t len, struct record *r)
+{
+    for (size_t i = 0; i < len; i++)
+        if ((data[i] < 0x20 || data[i] > 0x7e) && data[i] != '\t' && data[i] != '\n')
+            return -1;
+    char *line = data, *stop = data + len;
+    while (line < stop) {
+        char *end = memchr(line, '\n', (size_t)(stop - line));
+        if (!end)
+            end = stop;
+        *end = '\0';
+        char *words[7];
+        int n = 0;
+        for (char *w = strtok(line, " \t"); w; w = strtok(NULL, " \t"))
+            words[n < 7 ? n++ : 6] = w;
+        line = end + 1;
+        if (n == 0 || words[0][0] == '#')
+            continue;
+        if (strcmp(words[0], "tool") == 0 && n == 2)
+            continue;
+        if (strcmp(words[0], "group") == 0 && n == 6 && words[5][strspn(words[5], "0123456789")] == '\0' &&
+            words[5][0])
+            continue;
+        if (strcmp(words[0], "alias") == 0 && n == 3 && words[2][0] == '/') {
+            int i = in_list(words[1], SHIM_NAMES);
+            if (i >= 0 && format(r->alias[i], PATH_MAX, "%s", words[2]))
+                return -1;
+            continue;
+        }
+        return 1;
+    }
+    return 0;
+}
+
+static void read_record(struct record *r, const struct identity *shim)
+{
+    static char text[RECORD_READ + 1];
+    struct stat st, dir;
+    memset(r->alias, 0, sizeof r->alias);
+    r->state = 1;
+    if (stat(STATE_FILE, &st) != 0)
+        return; /* with_recorded_aliases: no record */
+    int fd = open(STATE_FILE, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0)
+        return; /* read_record's error: no aliases */
+    size_t len = 0;
+    int ok = fstat(fd, &st) == 0 && read_all(fd, text, sizeof text, &len) == 0;
+    close(fd);
+    char dirname[] = STATE_FILE;
+    *strrchr(dirname, '/') = '\0';
+    if (!ok || len == sizeof text || stat(dirname, &dir) != 0) {
+        r->state = -1;
+        return;
+    }
+    if (!S_ISREG(st.st_mode) || !root_only(&st) || !root_only(&dir))
+        return; /* not trusted: no aliases */
+    int parsed = parse_record(text, len, r);
+    if (parsed != 0) {
+        memset(r->alias, 0, sizeof r->alias);
+        r->state = parsed < 0 ? -1 : 1;
+        return;
+    }
+    for (int i = 0; i < N_NAMES; i++) { /* those still there, executable, and no shim */
+        if (!r->alias[i][0])
+            continue;
+        if (stat(r->alias[i], &st) != 0 || !S_ISREG(st.st_mode) || access(r->alias[i], X_OK) != 0 ||
+            (shim->known && st.st_dev == shim->dev && st.st_ino == shim->ino))
+            r->alias[i][0] = '\0';
+    }
+}
+
 /* -- the answer ---------------------------------------------------------------------------------- */
 
 struct call {
@@ -593,8 +682,32 @@ struct call {
     char family[16], suffix[16];
     const char **settings;
     const char *exe;
+    const char *path_env;
     struct identity shim;
+    struct record record;
 };
+
+/* The first `name` on PATH, else (recorded) the alias install --alternatives recorded: "" if none.
+ * -1: something the C route does not read as Python does. */
+static int lookup(struct call *c, const char *name, int recorded, char *out)
+{
+    const char *names[1] = {name};
+    char found[1][PATH_MAX];
+    if (find_on_path(names, 1, c->path_env, &c->shim, found) != 0)
+        return -1;
+    memcpy(out, found[0], strlen(found[0]) + 1);
+    if (out[0] || !recorded)
+        return 0;
+    int i = in_list(name, SHIM_NAMES);
+    if (i < 0)
+        return 0;
+    if (!c->record.state)
+        read_record(&c->record, &c->shim);
+    if (c->record.state < 0)
+        return -1;
+    memcpy(out, c->record.alias[i], strlen(c->record.alias[i]) + 1);
+    return 0;
+}
 
 static const char *log_line(struct route_answer *out, const struct call *c, const char *backend, int step,
                             const char *reason, const char *how, const char *key)
@@ -629,10 +742,91 @@ static int choose(const char *variant, const char *alias, int backend, int step,
     return path && !format(binary, PATH_MAX, "%s", path) ? 0 : -1;
 }
 
+#define NO_BINARY "no binary of the chosen backend whose name or links say so: Python asks --version or says what is missing"
+#define BAD_PATH "a PATH entry or link the C route does not read as Python does"
+
+/* Steps 0 and 2 from the caller's own facts and its default alias (resolve._by_caller). 1 answered,
+ * 0 no default alias (the cache may answer), -1 handed over (out->handover). */
+static int by_caller(struct call *c, int privileged, struct route_answer *out, int *backend, int *step,
+                     char *reason, char *alias, char (*wanted)[64])
+{
+    char default_alias[PATH_MAX], variant[PATH_MAX];
+    int first = -1;
+    for (int i = 0; i < ALIAS_COUNT && first < 0; i++) {
+        if (lookup(c, ALIAS_ORDER[i], 1, default_alias) != 0)
+            return out->handover = BAD_PATH, -1;
+        if (default_alias[0])
+            first = i;
+    }
+    if (first < 0)
+        return 0;
+    int alias_backend = backend_from_links(default_alias);
+    if (alias_backend < 0)
+        return out->handover = "the default alias's links do not name its backend: Python asks --version", -1;
+    *backend = alias_backend;
+    if (!privileged) {
+        *step = NO_PRIVILEGE_STEP;
+        if (format(reason, ROUTE_TEXT, NO_PRIVILEGE_REASON, BACKENDS[*backend]))
+            return out->handover = "a reason too long", -1;
+    } else {
+        if (backend_can_work(BACKENDS[*backend]) != 1)
+            return out->handover = "the kernel's support of the alias's backend needs more reading than the C route does", -1;
+        *step = HOST_ALIAS_STEP;
+        if (format(reason, ROUTE_TEXT, HOST_ALIAS_REASON, BACKENDS[*backend]))
+            return out->handover = "a reason too long", -1;
+    }
+    if (lookup(c, c->name, 1, alias) != 0 || lookup(c, wanted[*backend], 0, variant) != 0)
+        return out->handover = BAD_PATH, -1;
+    if (choose(variant, alias, *backend, *step, default_alias, alias_backend, out->binary) != 0)
+        return out->handover = NO_BINARY, -1;
+    return 1;
+}
+
+/* The binary of a decision read from the override or the cache (resolve: the variant and the tool;
+ * the recorded aliases only where PATH has neither). 0, or -1 handed over. */
+static int binary_of(struct call *c, int backend, int step, char *alias, char (*wanted)[64], struct route_answer *out)
+{
+    char variant[PATH_MAX];
+    if (lookup(c, wanted[backend], 0, variant) != 0 || lookup(c, c->name, !variant[0], alias) != 0)
+        return out->handover = BAD_PATH, -1;
+    if (choose(variant, alias, backend, step, "", -1, out->binary) != 0)
+        return out->handover = NO_BINARY, -1;
+    return 0;
+}
+
+/* A trusted entry of this netns that Python wrote, of steps 3-5 (cache.load): 0, or -1 handed over. */
+static int by_cache(const char *cache_dir, char *key, size_t key_size, int *backend, int *step, char *reason,
+                    struct route_answer *out)
+{
+    if (!cache_dir)
+        return out->handover = "the cache is off: Python gathers the netns's facts", -1;
+    if (netns_key(key, key_size) != 0)
+        return out->handover = "no netns cookie (Linux < 5.14): Python decides", -1;
+    char entry_path[PATH_MAX];
+    struct stat st;
+    if (format(entry_path, sizeof entry_path, "%s/%s", cache_dir, key))
+        return out->handover = "a cache path too long", -1;
+    if (lstat(cache_dir, &st) != 0 || !trusted(&st, 1))
+        return out->handover = "no trusted cache directory: Python decides", -1;
+    int fd = open(entry_path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0)
+        return out->handover = "no cache entry for this netns: Python decides", -1;
+    static char entry[CACHE_MAX_ENTRY];
+    size_t len = 0;
+    int ok = fstat(fd, &st) == 0 && trusted(&st, 0) && read_once(fd, entry, sizeof entry, &len) == 0;
+    close(fd);
+    if (!ok)
+        return out->handover = "the cache entry is not trusted: Python decides and replaces it", -1;
+    if (route_parse_entry(entry, len, backend, step, reason, ROUTE_TEXT) != 0)
+        return out->handover = "the cache entry is not one the C route parses: Python reads it", -1;
+    if (*step < CACHEABLE_FIRST || *step > CACHEABLE_LAST)
+        return out->handover = "the cache entry holds no step of the netns's own rules or hints: Python decides", -1;
+    return 0;
+}
+
 static void settle(struct call *c, char **envp, struct route_answer *out)
 {
     const char **s = c->settings;
-    const char *path_env = env_get(envp, "PATH");
     const char *cache_dir = s[SETTING_CACHE] && strcmp(s[SETTING_CACHE], CACHE_OFF) == 0 ? NULL
                           : s[SETTING_CACHE_DIR] ? s[SETTING_CACHE_DIR] : CACHE_DEFAULT_DIR;
     const char *marker = env_get(envp, REENTRY_MARKER);
@@ -642,126 +836,47 @@ static void settle(struct call *c, char **envp, struct route_answer *out)
         HAND("IPTABLES_SHIM_FAST_ROUTE=off");
     if (s[SETTING_DEBUG] && strcmp(s[SETTING_DEBUG], DEBUG_ON) == 0)
         HAND("IPTABLES_SHIM_DEBUG=1: Python answers and writes its line on stderr");
+    c->path_env = env_get(envp, "PATH");
 
-    char wanted_name[3][64]; /* [backend]: the variants of this tool, then the tool itself */
-    char found[ALIAS_COUNT + 2][PATH_MAX];
-    char alias[PATH_MAX], default_alias[PATH_MAX];
-    char key[64] = "";
-    int backend, step;
-    static char reason[ROUTE_TEXT], how[ROUTE_TEXT];
+    char wanted[N_BACKENDS][64]; /* this tool's variants, by backend */
     for (int b = 0; b < N_BACKENDS; b++)
-        if (format(wanted_name[b], sizeof wanted_name[b], "%s-%s%s", c->family, BACKENDS[b], c->suffix))
+        if (format(wanted[b], sizeof wanted[b], "%s-%s%s", c->family, BACKENDS[b], c->suffix))
             HAND("a name too long");
+    static char reason[ROUTE_TEXT], how[ROUTE_TEXT];
+    char alias[PATH_MAX], key[64] = "";
+    int backend, step;
 
     if (s[SETTING_MODE]) { /* step 1: the override */
         backend = in_list(s[SETTING_MODE], BACKENDS);
-        const char *names[2] = {wanted_name[backend], c->name};
-        if (find_on_path(names, 2, path_env, &c->shim, found) != 0)
-            HAND("a PATH entry the C route does not read as Python does");
-        if (!found[0][0] && !found[1][0])
-            HAND("neither the variant nor the tool on PATH: Python looks for recorded aliases or says what is missing");
         step = OVERRIDE_STEP;
         if (format(reason, sizeof reason, OVERRIDE_REASON, s[SETTING_MODE]) || format(how, sizeof how, "%s", HOW_OVERRIDE))
             HAND("a reason too long");
-        if (choose(found[0], found[1], backend, step, "", -1, out->binary) != 0)
-            HAND("no binary of the chosen backend whose name or links say so: Python asks --version or says what is missing");
-        memcpy(alias, found[1], sizeof alias);
+        if (binary_of(c, backend, step, alias, wanted, out) != 0)
+            return;
     } else {
-        int privileged;
+        int privileged, by = 0;
         if (net_admin(&privileged) != 0)
             HAND("the caller's privilege cannot be read as Python reads it");
         int host = s[SETTING_CONTEXT] ? strcmp(s[SETTING_CONTEXT], "host") == 0 : host_context();
-        int searched = 0, answered = 0, tool = in_list(c->name, ALIAS_ORDER);
-        if (host || !privileged) { /* the caller's own facts: steps 0 and 2 */
-            const char *names[ALIAS_COUNT + 2];
-            for (int i = 0; i < ALIAS_COUNT; i++)
-                names[i] = ALIAS_ORDER[i];
-            names[ALIAS_COUNT] = wanted_name[0];
-            names[ALIAS_COUNT + 1] = wanted_name[1];
-            if (find_on_path(names, ALIAS_COUNT + 2, path_env, &c->shim, found) != 0)
-                HAND("a PATH entry the C route does not read as Python does");
-            searched = 1;
-            int first = -1, all = 1;
-            for (int i = ALIAS_COUNT - 1; i >= 0; i--) {
-                if (found[i][0])
-                    first = i;
-                else
-                    all = 0;
-            }
-            struct stat st;
-            if (!all && stat(STATE_FILE, &st) == 0)
-                HAND("install --alternatives recorded the default alias: Python reads it");
-            /* No default alias: the caller's facts answer nothing, the cache below may (resolve.py). */
-            if (first >= 0) {
-                memcpy(default_alias, found[first], sizeof default_alias);
-                int alias_backend = backend_from_links(default_alias);
-                if (alias_backend < 0)
-                    HAND("the default alias's links do not name its backend: Python asks --version");
-                backend = alias_backend;
-                if (!privileged) {
-                    step = NO_PRIVILEGE_STEP;
-                    if (format(reason, sizeof reason, NO_PRIVILEGE_REASON, BACKENDS[backend]))
-                        HAND("a reason too long");
-                } else {
-                    if (backend_can_work(BACKENDS[backend]) != 1)
-                        HAND("the kernel's support of the alias's backend needs more reading than the C route does");
-                    step = HOST_ALIAS_STEP;
-                    if (format(reason, sizeof reason, HOST_ALIAS_REASON, BACKENDS[backend]))
-                        HAND("a reason too long");
-                }
-                memcpy(alias, found[tool], sizeof alias);
-                if (choose(found[ALIAS_COUNT + backend], alias, backend, step, default_alias, alias_backend,
-                           out->binary) != 0)
-                    HAND("no binary of the chosen backend whose name or links say so: Python asks --version or says what is missing");
-                if (format(how, sizeof how, "%s", HOW_CALLER))
-                    HAND("a reason too long");
-                answered = 1;
-            }
+        if (host || !privileged) {
+            by = by_caller(c, privileged, out, &backend, &step, reason, alias, wanted);
+            if (by < 0)
+                return;
+            if (by && format(how, sizeof how, "%s", HOW_CALLER))
+                HAND("a reason too long");
         }
-        if (!answered) { /* a trusted cache entry that Python wrote: steps 3-5 */
-            if (!cache_dir)
-                HAND("the cache is off: Python gathers the netns's facts");
-            if (netns_key(key, sizeof key) != 0)
-                HAND("no netns cookie (Linux < 5.14): Python decides");
-            char entry_path[PATH_MAX];
-            struct stat st;
-            if (format(entry_path, sizeof entry_path, "%s/%s", cache_dir, key))
-                HAND("a cache path too long");
-            if (lstat(cache_dir, &st) != 0 || !trusted(&st, 1))
-                HAND("no trusted cache directory: Python decides");
-            int fd = open(entry_path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
-            if (fd < 0)
-                HAND("no cache entry for this netns: Python decides");
-            static char entry[CACHE_MAX_ENTRY];
-            size_t len = 0;
-            int ok = fstat(fd, &st) == 0 && trusted(&st, 0) && read_once(fd, entry, sizeof entry, &len) == 0;
-            close(fd);
-            if (!ok)
-                HAND("the cache entry is not trusted: Python decides and replaces it");
-            if (route_parse_entry(entry, len, &backend, &step, reason, sizeof reason) != 0)
-                HAND("the cache entry is not one the C route parses: Python reads it");
-            if (step < CACHEABLE_FIRST || step > CACHEABLE_LAST)
-                HAND("the cache entry holds no step of the netns's own rules or hints: Python decides");
-            const char *variant = found[ALIAS_COUNT + backend];
-            if (!searched) { /* only the two names this answer can run, as resolve() looks them up */
-                const char *names[2] = {wanted_name[backend], c->name};
-                if (find_on_path(names, 2, path_env, &c->shim, found) != 0)
-                    HAND("a PATH entry the C route does not read as Python does");
-                if (!found[0][0] && !found[1][0])
-                    HAND("neither the variant nor the tool on PATH: Python looks for recorded aliases or says what is missing");
-                variant = found[0];
-                tool = 1;
-            }
-            memcpy(alias, found[tool], sizeof alias);
-            if (choose(variant, alias, backend, step, "", -1, out->binary) != 0)
-                HAND("no binary of the chosen backend whose name or links say so: Python asks --version or says what is missing");
+        if (!by) { /* steps 3-5 */
+            if (by_cache(cache_dir, key, sizeof key, &backend, &step, reason, out) != 0)
+                return;
+            if (binary_of(c, backend, step, alias, wanted, out) != 0)
+                return;
             if (format(how, sizeof how, HOW_CACHE_HIT, cache_dir, key))
                 HAND("a cache path too long");
         }
     }
     int multicall = is_multicall_binary(out->binary);
     if (multicall < 0)
-        HAND("the binary's links cannot be followed as Python follows them");
+        HAND(BAD_PATH);
     out->mark_reentry = strcmp(out->binary, alias) == 0 && !multicall;
     /* The netns's key, for the log line only, where Python's report() asks it: an answer of the
      * override or the caller's facts never reads the cache. "None": the cache is off, or no cookie. */
@@ -776,7 +891,11 @@ static void settle(struct call *c, char **envp, struct route_answer *out)
 void route_settle_name(const char *name, char **envp, const char *exe, struct route_answer *out)
 {
     static const char *settings[SETTING_COUNT];
-    struct call c = {.name = name, .settings = settings, .exe = exe};
+    static struct call c;
+    memset(&c, 0, sizeof c);
+    c.name = name;
+    c.settings = settings;
+    c.exe = exe;
     struct stat st;
     memset(out, 0, sizeof *out);
     out->handover = "not one of the six names (the iptables-shim verbs, and errors, are Python's)";
