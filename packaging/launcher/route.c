@@ -215,7 +215,7 @@ int route_parse_config(char *data, size_t len, const char **values)
 /* shim.config.read_file: ENOENT is no file; anything Python would refuse goes to Python. */
 static int read_config(const char *path, char *buf, const char **values)
 {
-    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    int fd = openat(AT_FDCWD, path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0)
         return errno == ENOENT ? 0 : -1;
     struct stat st;
@@ -340,7 +340,7 @@ static int is_shim_copy(const char *path, const struct stat *st)
         struct stat m;
         return stat(mark, &m) == 0;
     }
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = openat(AT_FDCWD, path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return 0; /* Python: OSError, not a copy */
     char head[SHIM_COPY_READ];
@@ -393,7 +393,10 @@ static int find_on_path(const char *const *names, int count, const char *path_en
                     memcpy(found[i], path, strlen(path) + 1);
             }
         }
-        if (!colon)
+        int missing = 0;
+        for (int i = 0; i < count; i++)
+            missing |= !found[i][0];
+        if (!colon || !missing) /* as Python's loop ends: the rest of PATH cannot change the answer */
             break;
         p = colon + 1;
     }
@@ -409,7 +412,7 @@ static int is_multicall_binary(const char *path)
     const char *name = basename_of(last);
     if (strcmp(name, "xtables-nft-multi") && strcmp(name, "xtables-legacy-multi") && strcmp(name, OLD_MULTI))
         return 0;
-    int fd = open(last, O_RDONLY | O_CLOEXEC);
+    int fd = openat(AT_FDCWD, last, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return 0;
     char magic[4];
@@ -473,7 +476,7 @@ int route_parse_capeff(const char *data, size_t len, int *net_admin)
 
 static int net_admin(int *value)
 {
-    int fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
+    int fd = openat(AT_FDCWD, "/proc/self/status", O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return -1;
     static char status[STATUS_READ];
@@ -528,7 +531,7 @@ static int backend_can_work(const char *backend)
     }
     if (stat("/sys/module/" NFT_MODULE, &st) == 0 && S_ISDIR(st.st_mode))
         return 1;
-    int fd = open("/proc/modules", O_RDONLY | O_CLOEXEC);
+    int fd = openat(AT_FDCWD, "/proc/modules", O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return errno == ENOENT ? 1 : -1; /* no module support: nothing to load, it is built in */
     static char modules[MODULES_READ];
@@ -542,9 +545,9 @@ static int backend_can_work(const char *backend)
 
 /* -- the cache: shim.cache.load ---------------------------------------------------------------- */
 
-static int trusted(const struct stat *st, int want_dir)
+static int trusted(const struct stat *st, int want_dir, uid_t euid)
 {
-    return (want_dir ? S_ISDIR(st->st_mode) : S_ISREG(st->st_mode)) && st->st_uid == geteuid() &&
+    return (want_dir ? S_ISDIR(st->st_mode) : S_ISREG(st->st_mode)) && st->st_uid == euid &&
            !(st->st_mode & (S_IWGRP | S_IWOTH));
 }
 
@@ -646,7 +649,7 @@ static void read_record(struct record *r, const struct identity *shim)
     r->state = 1;
     if (stat(STATE_FILE, &st) != 0)
         return; /* with_recorded_aliases: no record */
-    int fd = open(STATE_FILE, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    int fd = openat(AT_FDCWD, STATE_FILE, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0)
         return; /* read_record's error: no aliases */
     size_t len = 0;
@@ -786,10 +789,20 @@ static int by_caller(struct call *c, int privileged, struct route_answer *out, i
  * the recorded aliases only where PATH has neither). 0, or -1 handed over. */
 static int binary_of(struct call *c, int backend, int step, char *alias, char (*wanted)[64], struct route_answer *out)
 {
-    char variant[PATH_MAX];
-    if (lookup(c, wanted[backend], 0, variant) != 0 || lookup(c, c->name, !variant[0], alias) != 0)
+    const char *names[2] = {wanted[backend], c->name};
+    char found[2][PATH_MAX];
+    if (find_on_path(names, 2, c->path_env, &c->shim, found) != 0)
         return out->handover = BAD_PATH, -1;
-    if (choose(variant, alias, backend, step, "", -1, out->binary) != 0)
+    memcpy(alias, found[1], strlen(found[1]) + 1);
+    if (!found[0][0] && !alias[0]) { /* resolve.with_recorded_aliases: only where PATH has neither */
+        int i = in_list(c->name, SHIM_NAMES);
+        if (!c->record.state)
+            read_record(&c->record, &c->shim);
+        if (c->record.state < 0)
+            return out->handover = BAD_PATH, -1;
+        memcpy(alias, c->record.alias[i], strlen(c->record.alias[i]) + 1);
+    }
+    if (choose(found[0], alias, backend, step, "", -1, out->binary) != 0)
         return out->handover = NO_BINARY, -1;
     return 0;
 }
@@ -806,14 +819,15 @@ static int by_cache(const char *cache_dir, char *key, size_t key_size, int *back
     struct stat st;
     if (format(entry_path, sizeof entry_path, "%s/%s", cache_dir, key))
         return out->handover = "a cache path too long", -1;
-    if (lstat(cache_dir, &st) != 0 || !trusted(&st, 1))
+    uid_t euid = geteuid();
+    if (lstat(cache_dir, &st) != 0 || !trusted(&st, 1, euid))
         return out->handover = "no trusted cache directory: Python decides", -1;
-    int fd = open(entry_path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    int fd = openat(AT_FDCWD, entry_path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0)
         return out->handover = "no cache entry for this netns: Python decides", -1;
     static char entry[CACHE_MAX_ENTRY];
     size_t len = 0;
-    int ok = fstat(fd, &st) == 0 && trusted(&st, 0) && read_once(fd, entry, sizeof entry, &len) == 0;
+    int ok = fstat(fd, &st) == 0 && trusted(&st, 0, euid) && read_once(fd, entry, sizeof entry, &len) == 0;
     close(fd);
     if (!ok)
         return out->handover = "the cache entry is not trusted: Python decides and replaces it", -1;
@@ -874,10 +888,11 @@ static void settle(struct call *c, char **envp, struct route_answer *out)
                 HAND("a cache path too long");
         }
     }
-    int multicall = is_multicall_binary(out->binary);
+    /* main.reentry_mark: the alias, unless it is iptables' own binary (checked only then, as there). */
+    int multicall = strcmp(out->binary, alias) == 0 ? is_multicall_binary(out->binary) : 1;
     if (multicall < 0)
         HAND(BAD_PATH);
-    out->mark_reentry = strcmp(out->binary, alias) == 0 && !multicall;
+    out->mark_reentry = !multicall;
     /* The netns's key, for the log line only, where Python's report() asks it: an answer of the
      * override or the caller's facts never reads the cache. "None": the cache is off, or no cookie. */
     if (!key[0] && !(cache_dir && c->settings[SETTING_LOG] && netns_key(key, sizeof key) == 0))
@@ -940,7 +955,7 @@ static void append_log(const struct route_answer *a)
         return;
     if (format(record, sizeof record, RECORD_FORMAT, stamp, (int)getpid(), a->line))
         return;
-    int fd = open(a->log_path, O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK, 0640);
+    int fd = openat(AT_FDCWD, a->log_path, O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK, 0640);
     if (fd < 0)
         return;
     ssize_t n = write(fd, record, strlen(record));
@@ -963,11 +978,13 @@ void route_exec(int argc, char **argv, const struct route_answer *a)
     }
     const char *before = getenv(REENTRY_MARKER); /* unset or empty: settle() handed any other over */
     int had = before != NULL;
-    char **args = calloc((size_t)argc + 1, sizeof *args);
+    static char *few[256]; /* no allocation (a few system calls) for the usual argv */
+    char **args = argc < 256 ? few : calloc((size_t)argc + 1, sizeof *args);
     if (args && (!a->mark_reentry || setenv(REENTRY_MARKER, a->exe, 1) == 0)) {
         args[0] = (char *)basename_of(a->binary);
         for (int i = 1; i < argc; i++)
             args[i] = argv[i];
+        args[argc] = NULL;
         execv(a->binary, args);
         if (a->mark_reentry) {
             if (had)
@@ -976,7 +993,8 @@ void route_exec(int argc, char **argv, const struct route_answer *a)
                 unsetenv(REENTRY_MARKER);
         }
     }
-    free(args);
+    if (args != few)
+        free(args);
     sigaction(SIGPIPE, &old_pipe, NULL);
     sigaction(SIGXFSZ, &old_xfsz, NULL);
 }
