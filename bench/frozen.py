@@ -1,15 +1,25 @@
 #!/usr/bin/python3
-"""Start-up of the frozen shim against the source shim, on a cache hit.
+"""What one call costs through each route, against the real binary called directly.
 
     /usr/bin/python3 bench/frozen.py [--frozen dist/iptables-shim] [-n 200] [--json]
 
 Runs itself in a fresh private netns (`unshare -n`, root), writes one nft rule there (so the
-decision is grounded and cached), warms each shim's cache, then times N calls of `iptables -V` each
+decision is grounded and cached), warms each shim's cache, then times N calls of `iptables -S` each
 way, interleaved (os.posix_spawn + wait4: wall-clock median and p90, and the CPU time user+sys of the
-whole call, less disturbed by other load). The real binary's own `iptables-nft -V` is measured
-too, so the shim's overhead is the difference. Each call is also counted once under `strace -f -c`:
-the execve calls (the shim's own start, then the real binary) and all system calls. Prints one line
-per command and the ratios frozen/source of the medians (the target is <= 1.2).
+whole call, less disturbed by other load):
+
+  direct          /usr/sbin/iptables-nft -S
+  static no-op    exec of a static executable that returns at once (built here with gcc -static):
+                  the floor for any exec in front of iptables
+  python3 -IS     /usr/bin/python3 -I -S -c pass: the interpreter's start alone
+  source          bin/iptables -S, a cache hit (container context)
+  frozen, C route               the frozen tree, a cache hit: the launcher's C route answers
+  frozen, C route, host         the frozen tree, host context (step 2): the C route answers
+  frozen, Python route          the frozen tree, a cache hit with IPTABLES_SHIM_FAST_ROUTE=off
+
+Each call is also counted once under `strace -f -c` (the shim's start, then the real binary: execve
+and all system calls). Prints one line per command with the time each adds to the direct call, and
+the frozen tree's ratios to the source shim (docs/benchmark.md).
 """
 
 import json
@@ -45,44 +55,64 @@ def syscall_counts(argv, env):
         return execve, total
 
 
+def static_noop(directory):
+    """A static executable that returns at once (gcc -static), or None without a static libc."""
+    src, exe = os.path.join(directory, "noop.c"), os.path.join(directory, "noop")
+    with open(src, "w") as f:
+        f.write("int main(void) { return 0; }\n")
+    r = subprocess.run(["gcc", "-static", "-O2", "-o", exe, src], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return exe if r.returncode == 0 else None
+
+
 def measure(frozen, n):
     subprocess.run(["iptables-nft", "-A", "INPUT", "-s", "192.0.2.1", "-j", "DROP"], check=True,
                    env={"PATH": SYSTEM_PATH})
-    cases = [("real iptables-nft -V", ["/usr/sbin/iptables-nft", "-V"], None),
-             ("python3 -I -S -c pass", ["/usr/bin/python3", "-I", "-S", "-c", "pass"], None),
-             ("source shim iptables -V", [os.path.join(REPO, "bin", "iptables"), "-V"], os.path.join(REPO, "bin"))]
-    if frozen:
-        cases.append(("frozen shim iptables -V", [os.path.join(frozen, "iptables"), "-V"], frozen))
-    times = {label: [] for label, _, _ in cases}
-    cpu = {label: [] for label, _, _ in cases}
     with tempfile.TemporaryDirectory() as tmp:
+        noop = static_noop(tmp)
+        container = {"IPTABLES_SHIM_CONTEXT": "container"}
+        # (label, argv, directory first on PATH, extra environment, is a shim answering from its cache)
+        cases = [("direct iptables-nft -S", ["/usr/sbin/iptables-nft", "-S"], None, {}, False),
+                 ("python3 -I -S -c pass", ["/usr/bin/python3", "-I", "-S", "-c", "pass"], None, {}, False),
+                 ("source shim, cache hit", [os.path.join(REPO, "bin", "iptables"), "-S"], os.path.join(REPO, "bin"),
+                  container, True)]
+        if noop:
+            cases.insert(1, ("static no-op exec", [noop], None, {}, False))
+        if frozen:
+            shim = [os.path.join(frozen, "iptables"), "-S"]
+            cases += [("frozen, C route, cache hit", shim, frozen, container, True),
+                      ("frozen, C route, host context", shim, frozen, {"IPTABLES_SHIM_CONTEXT": "host"}, False),
+                      ("frozen, Python route, cache hit", shim, frozen,
+                       dict(container, IPTABLES_SHIM_FAST_ROUTE="off"), True)]
+        times = {label: [] for label, _, _, _, _ in cases}
+        cpu = {label: [] for label, _, _, _, _ in cases}
         envs = []
-        for i, (label, argv, bindir) in enumerate(cases):
+        for i, (label, argv, bindir, extra, cached) in enumerate(cases):
             cache = os.path.join(tmp, str(i))
             os.mkdir(cache, 0o700)
-            # Container context: the hint decides (step 3) and is cached; a host-context call is
-            # answered by its own facts and never cached (docs/decision.md#cache).
-            env = {"PATH": (bindir + ":" if bindir else "") + SYSTEM_PATH, "IPTABLES_SHIM_CACHE_DIR": cache,
-                   "IPTABLES_SHIM_CONTEXT": "container"}
+            env = dict({"PATH": (bindir + ":" if bindir else "") + SYSTEM_PATH, "IPTABLES_SHIM_CACHE_DIR": cache},
+                       **extra)
             for _ in range(3):  # warm: page cache and the shim's per-netns entry
                 spawn_times(argv, env)
-            if bindir and not os.listdir(cache):
+            if cached and not os.listdir(cache):
                 raise SystemExit("bench: %s wrote no cache entry; not a cache-hit measurement" % label)
             envs.append(env)
         # Interleaved, one run of each in turn: load from elsewhere hits every case alike.
         for _ in range(n):
-            for (label, argv, _), env in zip(cases, envs):
+            for (label, argv, _, _, _), env in zip(cases, envs):
                 wall, used = spawn_times(argv, env)
                 times[label].append(wall)
                 cpu[label].append(used)
-        results = {label: summary(times[label], cpu[label]) for label, _, _ in cases}
-        for (label, argv, _), env in zip(cases, envs):
+        results = {label: summary(times[label], cpu[label]) for label, _, _, _, _ in cases}
+        for (label, argv, _, _, _), env in zip(cases, envs):
             results[label]["execve"], results[label]["syscalls"] = syscall_counts(argv, env)
-    src = results["source shim iptables -V"]
-    if "frozen shim iptables -V" in results:
-        r = results["frozen shim iptables -V"]
-        r["ratio_to_source"] = round(r["median_ms"] / src["median_ms"], 2)
-        r["cpu_ratio_to_source"] = round(r["cpu_median_ms"] / src["cpu_median_ms"], 2)
+    direct = results["direct iptables-nft -S"]
+    for label, r in results.items():
+        r["added_ms"] = round(r["median_ms"] - direct["median_ms"], 2)
+        r["ratio_to_direct"] = round(r["median_ms"] / direct["median_ms"], 2)
+    src = results["source shim, cache hit"]
+    for label in ("frozen, C route, cache hit", "frozen, Python route, cache hit"):
+        if label in results:
+            results[label]["ratio_to_source"] = round(results[label]["median_ms"] / src["median_ms"], 2)
     return results
 
 
@@ -109,10 +139,10 @@ def main(argv):
         print(json.dumps(results, indent=2, sort_keys=True))
     else:
         for label, r in results.items():
-            extra = ("  (%.2fx source, CPU %.2fx)" % (r["ratio_to_source"], r["cpu_ratio_to_source"])
-                     if "ratio_to_source" in r else "")
-            print("%-26s median %6.2f ms  p90 %6.2f ms  CPU %6.2f ms  execve %s  syscalls %s%s"
-                  % (label, r["median_ms"], r["p90_ms"], r["cpu_median_ms"], r["execve"], r["syscalls"], extra))
+            extra = "  (%.2fx source)" % r["ratio_to_source"] if "ratio_to_source" in r else ""
+            print("%-32s median %6.2f ms  p90 %6.2f ms  CPU %6.2f ms  added %+6.2f ms  %5.2fx direct  "
+                  "execve %s  syscalls %s%s" % (label, r["median_ms"], r["p90_ms"], r["cpu_median_ms"], r["added_ms"],
+                                               r["ratio_to_direct"], r["execve"], r["syscalls"], extra))
     return 0
 
 
