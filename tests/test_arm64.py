@@ -32,7 +32,8 @@ import debroot
 import vm
 from conftest import REPO
 from images import VERSION, Workspace, elf_machine
-from test_vm_kernels import COLD, MAIN, field, landed_of, script
+from shim.log import parse_line
+from test_vm_kernels import ADDR, COLD, MAIN, field, landed_of, script
 
 pytestmark = [
     pytest.mark.images,
@@ -125,6 +126,16 @@ VM_SCRIPT = script(
     "cold_case 'cold visible legacy' visible /tmp/legacyalias new",
     "mkimage /tmp/real-nft nft real nft legacy; mkimage /tmp/real-legacy legacy real nft legacy",
     MAIN[MAIN.index("kcase() {"):MAIN.index("# -- timing")],
+    # The launcher's C route on the aarch64 kernel: a call Python decides (and caches), then one
+    # the C route answers (explain says so), the log line of each, and where the rule landed.
+    r"""section "fast route"
+unshare -n sh -c '. /tmp/prelude.sh; /usr/sbin/iptables-nft -t mangle -N KUBE-IPTABLES-HINT
+    call() { env -i PATH=$SHIM/bin:/tmp/real-legacy:/usr/bin:/bin LC_ALL=C IPTABLES_SHIM_CACHE_DIR=/tmp/cache-route \
+        IPTABLES_SHIM_CONTEXT=container IPTABLES_SHIM_LOG=/tmp/route.log "$@"; }
+    call iptables -S >/dev/null; echo "rc=$?"
+    call iptables-shim explain | grep "^route:"
+    call iptables -A INPUT -s ADDR -j ACCEPT; echo "rc=$?"
+    cat /tmp/route.log; landed' 2>&1""".replace("ADDR", ADDR),
 )
 
 
@@ -151,6 +162,19 @@ def test_the_vm_is_an_arm64_kernel_running_the_aarch64_shim(arm64_vm):
     assert field(out, "shim") == "b700", out  # e_machine 183, little-endian: the frozen aarch64 tree
     mods = field(out, "modules").split()
     assert not [m for m in mods if m.startswith(("nf", "x_tables", "ip_tables", "ip6_tables", "iptable"))], mods
+
+
+@pytest.mark.vm
+def test_arm64_cached_call_takes_the_fast_route(arm64_vm):
+    """Python decides the first call and caches it; the launcher's C route answers the next (explain
+    says so), with the same log line but for how it was reached, and the rule lands in nft."""
+    out = arm64_vm["fast route"]
+    assert re.findall(r"^rc=(\d+)$", out, re.M) == ["0", "0"], out
+    assert re.search(r"^route: +launcher ", out, re.M), out
+    lines = [parse_line(l) for l in out.splitlines() if " pid=" in l]
+    assert [(l["backend"], l["step"]) for l in lines] == [("nft", 3), ("nft", 3)], out
+    assert lines[0]["how"].startswith("cached in ") and lines[1]["how"].startswith("cache hit "), out
+    assert landed_of(out) == (1, 0), out
 
 
 @pytest.mark.vm
