@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """What one call costs through each route, against the real binary called directly.
 
-    /usr/bin/python3 bench/frozen.py [--frozen dist/iptables-shim] [-n 200] [--json]
+    /usr/bin/python3 bench/frozen.py [--frozen dist/iptables-shim] [--baseline OLD-TREE] [-n 200] [--json]
 
 Runs itself in a fresh private netns (`unshare -n`, root), writes one nft rule there (so the
 decision is grounded and cached), warms each shim's cache, then times N calls of `iptables -S` each
@@ -16,6 +16,10 @@ whole call, less disturbed by other load):
   frozen, C route               the frozen tree, a cache hit: the launcher's C route answers
   frozen, C route, host         the frozen tree, host context (step 2): the C route answers
   frozen, Python route          the frozen tree, a cache hit with IPTABLES_SHIM_FAST_ROUTE=off
+  frozen, first call            the frozen tree with IPTABLES_SHIM_CACHE=off: every call is a
+                                netns's first, which the C route hands to Python
+  baseline, first call          the same through OLD-TREE (--baseline: a frozen tree built from an
+                                earlier commit, e.g. one without the C route)
 
 Each call is also counted once under `strace -f -c` (the shim's start, then the real binary: execve
 and all system calls). Prints one line per command with the time each adds to the direct call, and
@@ -64,7 +68,7 @@ def static_noop(directory):
     return exe if r.returncode == 0 else None
 
 
-def measure(frozen, n):
+def measure(frozen, n, baseline=None):
     subprocess.run(["iptables-nft", "-A", "INPUT", "-s", "192.0.2.1", "-j", "DROP"], check=True,
                    env={"PATH": SYSTEM_PATH})
     with tempfile.TemporaryDirectory() as tmp:
@@ -82,7 +86,11 @@ def measure(frozen, n):
             cases += [("frozen, C route, cache hit", shim, frozen, container, True),
                       ("frozen, C route, host context", shim, frozen, {"IPTABLES_SHIM_CONTEXT": "host"}, False),
                       ("frozen, Python route, cache hit", shim, frozen,
-                       dict(container, IPTABLES_SHIM_FAST_ROUTE="off"), True)]
+                       dict(container, IPTABLES_SHIM_FAST_ROUTE="off"), True),
+                      ("frozen, first call", shim, frozen, dict(container, IPTABLES_SHIM_CACHE="off"), False)]
+        if baseline:
+            cases.append(("baseline, first call", [os.path.join(baseline, "iptables"), "-S"], baseline,
+                          dict(container, IPTABLES_SHIM_CACHE="off"), False))
         times = {label: [] for label, _, _, _, _ in cases}
         cpu = {label: [] for label, _, _, _, _ in cases}
         envs = []
@@ -113,17 +121,22 @@ def measure(frozen, n):
     for label in ("frozen, C route, cache hit", "frozen, Python route, cache hit"):
         if label in results:
             results[label]["ratio_to_source"] = round(results[label]["median_ms"] / src["median_ms"], 2)
+    if "baseline, first call" in results:
+        results["frozen, first call"]["ratio_to_baseline"] = round(
+            results["frozen, first call"]["median_ms"] / results["baseline, first call"]["median_ms"], 2)
     return results
 
 
 def main(argv):
     args = list(argv[1:])
-    frozen = None
+    frozen = baseline = None
     n, as_json = 200, False
     while args:
         a = args.pop(0)
         if a == "--frozen":
             frozen = os.path.abspath(args.pop(0))
+        elif a == "--baseline":
+            baseline = os.path.abspath(args.pop(0))
         elif a == "-n":
             n = int(args.pop(0))
         elif a == "--json":
@@ -134,12 +147,13 @@ def main(argv):
             raise SystemExit(__doc__)
     if "--in-netns" not in argv:
         os.execvp("unshare", ["unshare", "-n", sys.executable] + argv + ["--in-netns"])
-    results = measure(frozen, n)
+    results = measure(frozen, n, baseline)
     if as_json:
         print(json.dumps(results, indent=2, sort_keys=True))
     else:
         for label, r in results.items():
             extra = "  (%.2fx source)" % r["ratio_to_source"] if "ratio_to_source" in r else ""
+            extra += "  (%.2fx baseline)" % r["ratio_to_baseline"] if "ratio_to_baseline" in r else ""
             print("%-32s median %6.2f ms  p90 %6.2f ms  CPU %6.2f ms  added %+6.2f ms  %5.2fx direct  "
                   "execve %s  syscalls %s%s" % (label, r["median_ms"], r["p90_ms"], r["cpu_median_ms"], r["added_ms"],
                                                r["ratio_to_direct"], r["execve"], r["syscalls"], extra))
