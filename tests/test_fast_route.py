@@ -19,6 +19,7 @@ import tempfile
 
 import pytest
 
+import croute
 from conftest import NOBODY
 from namespaces import NSENTER, SYSTEM_PATH, Netns
 from shim.log import parse_line
@@ -118,7 +119,10 @@ def write_root_file(path, text, mode=0o644):
 
 
 def run_once(tree, case, route, work):
-    """One run of the case with the C route `route` ("on"/"off") in a netns of its own."""
+    """One run of the case with the C route `route` in a netns of its own: "on", "off", or
+    "sanitised": the C route alone, built with AddressSanitizer and UBSan against glibc (the probe
+    of tests/croute.py, `--exec`: it settles the call as the tree's executable and execs it as the
+    launcher does), in place of the tree's executable."""
     os.makedirs(work)
     os.chmod(work, 0o755)
     conf = os.path.join(tree, "iptables-shim.conf")
@@ -144,6 +148,9 @@ def run_once(tree, case, route, work):
         os.mkdir(cache, 0o700)
         os.chown(cache, case.uid, case.uid)
         command = [os.path.join(tree, case.argv[0])] + case.argv[1:]
+        if route == "sanitised":
+            command = [croute.probe(), os.path.join(tree, "iptables-shim"), "--exec"] + case.argv
+        shim_path = command[0]
         if case.shell:
             command = ["/bin/bash", "-c", case.shell, "bash"] + command
         full = [NSENTER, "--net=" + ns.path] + case.wrap + command
@@ -174,15 +181,19 @@ def run_once(tree, case, route, work):
         explain = subprocess.run([NSENTER, "--net=" + ns.path] + case.wrap + [os.path.join(tree, "iptables-shim"),
                                  "explain", "--family", case.argv[0].split("-")[0]], env=env, stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, timeout=120).stdout.decode("utf-8", "replace")
-    # The two runs differ only by their work directory and their netns's key: both named alike.
+    # The runs differ only by their work directory and their netns's key (and the probe's path, where
+    # bash's `_` names the command it ran): named alike.
+    pairs = [(work, "WORK"), (key, "KEY"), (shim_path, os.path.join(tree, case.argv[0]))]
+
     def same(text):
-        if isinstance(text, bytes):
-            return text.replace(work.encode(), b"WORK").replace(key.encode(), b"KEY")
-        return text.replace(work, "WORK").replace(key, "KEY")
+        for old, new in pairs:
+            text = text.replace(old.encode(), new.encode()) if isinstance(text, bytes) else text.replace(old, new)
+        return text
 
     return {
         "rc": r.returncode, "stdout": same(r.stdout), "stderr": same(r.stderr),
-        "execs": [same(e) for e in read_trace(trace, tree)["execs"]], "route": read_trace(trace, tree)["route"],
+        "execs": [same(e) for e in read_trace(trace, shim_path)["execs"]],
+        "route": read_trace(trace, shim_path)["route"],
         "kernel": {b: normal_save(t) for b, t in kernel.items()},
         "cache": {same(name): same(open(os.path.join(cache, name), "rb").read()) for name in os.listdir(cache)},
         "explain": [l for l in explain.splitlines() if l.startswith(("route:", "iptables-shim:"))],
@@ -190,16 +201,17 @@ def run_once(tree, case, route, work):
     }
 
 
-def read_trace(path, tree):
+def read_trace(path, shim_path):
     """{"execs": [the execve lines after the shim's own], "route": "python" if the shim opened its
-    lib/, else "launcher"}, from strace -ff's file of the shim's process."""
+    tree's lib/, else "launcher"}, from strace -ff's file of the shim's process."""
     lines = []
     for name in sorted(glob.glob(path + ".*")):
         own = open(name).read().splitlines()
-        if any(l.startswith('execve("%s/' % tree) for l in own):
+        if any(l.startswith('execve("%s"' % shim_path) for l in own):
             lines = own
-    shim = [i for i, l in enumerate(lines) if l.startswith('execve("%s/' % tree)]
+    shim = [i for i, l in enumerate(lines) if l.startswith('execve("%s"' % shim_path)]
     assert shim, "the shim was not executed"
+    tree = os.path.dirname(shim_path)
     after = lines[shim[0] + 1:]
     execs = [re.sub(r", 0x[0-9a-f]+ /\*.*\*/\)", ")", l) for l in after if l.startswith("execve(")]
     opened_lib = any(('"%s/lib/' % tree) in l for l in after)
@@ -229,6 +241,10 @@ def test_both_routes_give_one_answer(tree, case, work):
         assert on[field] == off[field], field
     if case.route == "launcher":
         assert on["execs"], "nothing was executed"
+        # The same C route under the sanitizers: the same answer, and no report on stderr.
+        sanitised = run_once(tree, case, "sanitised", os.path.join(work, "sanitised"))
+        for field in ("rc", "stdout", "stderr", "execs", "kernel", "cache", "log"):
+            assert sanitised[field] == off[field], ("sanitised", field)
         if "IPTABLES_SHIM_LOG" in str(case.env) + case.tree_conf and case.uid == 0:
             assert len(on["log"]) == 1
 
