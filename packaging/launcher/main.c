@@ -23,6 +23,25 @@
 
 extern char **environ;
 
+/* Python's entry, guarded: a tree that is damaged or half-replaced by an upgrade (a .pyc truncated,
+ * missing or from another version) gives one `iptables-shim:` line and 127, never a traceback on
+ * the caller's stderr (SPEC "Errors"; tests/test_damaged_tree.py). The traceback only with
+ * IPTABLES_SHIM_DEBUG=1, for whoever debugs it. */
+#define GUARDED_ENTRY \
+    L"try:\n" \
+    L"    import iptables_shim_entry\n" \
+    L"except SystemExit:\n" \
+    L"    raise\n" \
+    L"except BaseException as e:\n" \
+    L"    import sys, posix\n" \
+    L"    if posix.environ.get(b'IPTABLES_SHIM_DEBUG') == b'1':\n" \
+    L"        sys.excepthook(type(e), e, e.__traceback__)\n" \
+    L"    what = ' '.join(('%s: %s' % (type(e).__name__, e)).split())[:300]\n" \
+    L"    sys.stderr.write('iptables-shim: the shim at %s is damaged or half-replaced (%s); nothing was run: '\n" \
+    L"                     'reinstall it (apt-get install --reinstall iptables-shim, or copy the tree again)\\n'\n" \
+    L"                     % (sys.executable.rpartition('/')[0], what))\n" \
+    L"    sys.exit(127)\n"
+
 /* The tree's executable, for the route module below. */
 static char exe[PATH_MAX];
 
@@ -133,7 +152,7 @@ int main(int argc, char **argv)
         bad = PyStatus_Exception(PyConfig_SetString(&config, &config.executable, wexe)) ||
               PyStatus_Exception(PyConfig_SetString(&config, &config.home, wexe)) ||
               PyStatus_Exception(PyConfig_SetBytesArgv(&config, argc, argv)) ||
-              PyStatus_Exception(PyConfig_SetString(&config, &config.run_command, L"import iptables_shim_entry\n"));
+              PyStatus_Exception(PyConfig_SetString(&config, &config.run_command, GUARDED_ENTRY));
         PyMem_RawFree(wexe);
     }
     if (bad) {
