@@ -21,6 +21,7 @@ import pytest
 
 import croute
 from conftest import NOBODY
+from test_callers import shared_root  # noqa: F401 (a fixture: a 0755 directory under /var/tmp)
 from namespaces import NSENTER, SYSTEM_PATH, Netns
 from shim.log import parse_line
 
@@ -100,15 +101,6 @@ def tree():
     copy = os.path.join(top, "iptables-shim")
     shutil.copytree(built, copy, symlinks=True)
     yield copy
-    shutil.rmtree(top, ignore_errors=True)
-
-
-@pytest.fixture
-def work():
-    """A directory every caller can read, for the runs of one case."""
-    top = tempfile.mkdtemp(prefix="fast-route-case-", dir="/var/tmp")
-    os.chmod(top, 0o755)
-    yield top
     shutil.rmtree(top, ignore_errors=True)
 
 
@@ -232,7 +224,8 @@ def read_log(path):
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_both_routes_give_one_answer(tree, case, work):
+def test_both_routes_give_one_answer(tree, case, shared_root):
+    work = shared_root  # every caller reads it
     on = run_once(tree, case, "on", os.path.join(work, "on"))
     off = run_once(tree, case, "off", os.path.join(work, "off"))
     assert off["route"] == "python"

@@ -90,19 +90,13 @@ def main():
     define("CACHEABLE_FIRST", min(policy.CACHEABLE_STEPS))
     define("CACHEABLE_LAST", max(policy.CACHEABLE_STEPS))
     assert list(policy.CACHEABLE_STEPS) == list(range(min(policy.CACHEABLE_STEPS), max(policy.CACHEABLE_STEPS) + 1))
-    define("NO_PRIVILEGE_STEP", policy.NO_PRIVILEGE_STEP)
-    define("OVERRIDE_STEP", policy.OVERRIDE_STEP)
-    define("HOST_ALIAS_STEP", policy.HOST_ALIAS_STEP)
-    define("NO_PRIVILEGE_REASON", policy.NO_PRIVILEGE_REASON)
-    define("OVERRIDE_REASON", policy.OVERRIDE_REASON)
-    define("HOST_ALIAS_REASON", policy.HOST_ALIAS_REASON)
-    define("HOW_OVERRIDE", resolve.HOW_OVERRIDE)
-    define("HOW_CALLER", resolve.HOW_CALLER)
-    define("HOW_CACHE_HIT", resolve.HOW_CACHE_HIT)
-    define("LINE_FORMAT", log.LINE_FORMAT)
-    define("RECORD_FORMAT", log.RECORD_FORMAT)
-    define("TIME_FORMAT", log.TIME_FORMAT)
-    define("MAX_LINE", log.MAX_LINE)
+    # The same name in C as in shim/, from the module that defines it.
+    for module, names in ((policy, ("NO_PRIVILEGE_STEP", "OVERRIDE_STEP", "HOST_ALIAS_STEP", "NO_PRIVILEGE_REASON",
+                                    "OVERRIDE_REASON", "HOST_ALIAS_REASON")),
+                          (resolve, ("HOW_OVERRIDE", "HOW_CALLER", "HOW_CACHE_HIT")),
+                          (log, ("LINE_FORMAT", "RECORD_FORMAT", "TIME_FORMAT", "MAX_LINE"))):
+        for name in names:
+            define(name, getattr(module, name))
     out += ["", "#endif", ""]
     sys.stdout.write("\n".join(out))
 
