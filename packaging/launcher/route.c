@@ -508,7 +508,7 @@ int route_modules_list(const char *data, size_t len, const char *module)
     const char *line = data, *stop = data + len;
     while (line < stop) {
         const char *end = line;
-        while (end < stop && !strchr("\n\r\v\f\x1c\x1d\x1e", *end))
+        while (end < stop && (*end == '\0' || !strchr("\n\r\v\f\x1c\x1d\x1e", *end))) /* strchr finds NUL */
             end++;
         const char *space = memchr(line, ' ', (size_t)(end - line));
         const char *word_end = space ? space : end;
