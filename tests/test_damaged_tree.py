@@ -10,7 +10,6 @@ tree's bytecode is half-replaced.
 import os
 import py_compile
 import shutil
-import subprocess
 import tempfile
 
 import pytest

@@ -389,7 +389,8 @@ def test_the_c_route_gives_pythons_answer_or_hands_over(netns_key):
 # Each breaks one rule of the C route; each must be caught by the generated cases above.
 MUTATIONS = {
     "the owner check of the cache dropped": (
-        "S_ISREG(st->st_mode)) && st->st_uid == euid &&", "S_ISREG(st->st_mode)) &&"),
+        "S_ISREG(st->st_mode)) && owned_alone(st, euid);",
+        "S_ISREG(st->st_mode)) && !(st->st_mode & (S_IWGRP | S_IWOTH));"),
     "an alias misread (every chain read as nft)": (
         "            if (strcmp(name, multi) == 0 || strstr(name, dashed))\n                return b;",
         "            if (strcmp(name, multi) == 0 || strstr(name, dashed))\n                return 0;"),

@@ -212,6 +212,13 @@ int route_parse_config(char *data, size_t len, const char **values)
     return 0;
 }
 
+/* Owned by uid and writable by nobody else: the trust rule of the configuration files and the
+ * install record (root) and of the cache (the caller's euid). */
+static int owned_alone(const struct stat *st, uid_t uid)
+{
+    return st->st_uid == uid && !(st->st_mode & (S_IWGRP | S_IWOTH));
+}
+
 /* shim.config.read_file: ENOENT is no file; anything Python would refuse goes to Python. */
 static int read_config(const char *path, char *buf, const char **values)
 {
@@ -220,9 +227,8 @@ static int read_config(const char *path, char *buf, const char **values)
         return errno == ENOENT ? 0 : -1;
     struct stat st;
     size_t len = 0;
-    int ok = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_uid == 0 &&
-             !(st.st_mode & (S_IWGRP | S_IWOTH)) && read_once(fd, buf, CONFIG_MAX_FILE + 1, &len) == 0 &&
-             len <= CONFIG_MAX_FILE;
+    int ok = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && owned_alone(&st, 0) &&
+             read_once(fd, buf, CONFIG_MAX_FILE + 1, &len) == 0 && len <= CONFIG_MAX_FILE;
     close(fd);
     if (!ok)
         return -1;
@@ -264,23 +270,29 @@ static const char *load_settings(char **envp, const char *exe, const char **valu
 
 struct identity { int known; dev_t dev; ino_t ino; };
 
-/* path's next link target, made a path as binaries.beside() does; -1 at the chain's end. */
-static int next_link(char *path, size_t size)
+/* binaries.beside: `name` in the directory of `path` as written (an absolute name as it is). */
+static int beside(const char *path, const char *name, char *out)
 {
-    char target[PATH_MAX];
+    if (name[0] == '/')
+        return format(out, PATH_MAX, "%s", name);
+    const char *slash = strrchr(path, '/');
+    return format(out, PATH_MAX, "%.*s%s", slash ? (int)(slash - path + 1) : 0, path, name);
+}
+
+/* path (PATH_MAX) becomes its next link target; -1 at the chain's end, -2 where Python would see
+ * more than fits. */
+static int next_link(char *path)
+{
+    char target[PATH_MAX], next[PATH_MAX];
     ssize_t n = readlink(path, target, sizeof target);
     if (n < 0)
         return -1;
     if ((size_t)n >= sizeof target)
-        return -2; /* longer than Python would see whole */
-    target[n] = '\0';
-    if (target[0] == '/')
-        return format(path, size, "%s", target) ? -2 : 0;
-    char *slash = strrchr(path, '/');
-    char joined[PATH_MAX];
-    if (format(joined, sizeof joined, "%.*s%s", slash ? (int)(slash - path + 1) : 0, path, target))
         return -2;
-    memcpy(path, joined, strlen(joined) + 1);
+    target[n] = '\0';
+    if (beside(path, target, next))
+        return -2;
+    memcpy(path, next, strlen(next) + 1);
     return 0;
 }
 
@@ -290,7 +302,7 @@ static int chain_last(const char *path, char *last)
     if (format(last, PATH_MAX, "%s", path))
         return -1;
     for (int links = 0; links < MAX_LINKS; links++) {
-        int r = next_link(last, PATH_MAX);
+        int r = next_link(last);
         if (r == -1)
             break;
         if (r == -2)
@@ -319,11 +331,9 @@ static int backend_from_links(const char *path)
             return in_list("legacy", BACKENDS);
         if (n == MAX_LINKS)
             return -1;
-        int r = next_link(current, sizeof current);
-        if (r == -1)
-            return -1;
-        if (r == -2)
-            return -2;
+        int r = next_link(current);
+        if (r < 0)
+            return r;
     }
 }
 
@@ -332,10 +342,7 @@ static int is_shim_copy(const char *path, const struct stat *st)
 {
     if (st->st_size > SHIM_COPY_SIZE) {
         char last[PATH_MAX], mark[PATH_MAX];
-        if (chain_last(path, last) != 0)
-            return -1;
-        const char *slash = strrchr(last, '/');
-        if (format(mark, sizeof mark, "%.*s%s", slash ? (int)(slash - last + 1) : 0, last, FROZEN_MARK))
+        if (chain_last(path, last) != 0 || beside(last, FROZEN_MARK, mark))
             return -1;
         struct stat m;
         return stat(mark, &m) == 0;
@@ -547,8 +554,7 @@ static int backend_can_work(const char *backend)
 
 static int trusted(const struct stat *st, int want_dir, uid_t euid)
 {
-    return (want_dir ? S_ISDIR(st->st_mode) : S_ISREG(st->st_mode)) && st->st_uid == euid &&
-           !(st->st_mode & (S_IWGRP | S_IWOTH));
+    return (want_dir ? S_ISDIR(st->st_mode) : S_ISREG(st->st_mode)) && owned_alone(st, euid);
 }
 
 /* cache.parse_entry over an entry's bytes: "BACKEND STEP REASON\n". The reason as stored, when it
@@ -592,17 +598,11 @@ int route_parse_entry(const char *data, size_t len, int *backend, int *step, cha
 /* -- the default alias that install --alternatives recorded: shim.install.recorded_aliases --------- */
 
 #define RECORD_READ 65536
-#define N_NAMES 6 /* SHIM_NAMES */
 
 struct record {
     int state;                     /* 0 not read yet, 1 read (aliases may be empty), -1 unreadable here */
-    char alias[N_NAMES][PATH_MAX]; /* by index in SHIM_NAMES; "" when none */
+    char alias[SHIM_NAME_COUNT][PATH_MAX]; /* by index in SHIM_NAMES; "" when none */
 };
-
-static int root_only(const struct stat *st)
-{
-    return st->st_uid == 0 && !(st->st_mode & (S_IWGRP | S_IWOTH));
-}
 
 /* Record.parse over the file's bytes: aliases by name, the last line of a name winning. -1 where
  * Python would read the text otherwise (anything but printable ASCII, tab and newline); 1 where
@@ -661,7 +661,7 @@ static void read_record(struct record *r, const struct identity *shim)
         r->state = -1;
         return;
     }
-    if (!S_ISREG(st.st_mode) || !root_only(&st) || !root_only(&dir))
+    if (!S_ISREG(st.st_mode) || !owned_alone(&st, 0) || !owned_alone(&dir, 0))
         return; /* not trusted: no aliases */
     int parsed = parse_record(text, len, r);
     if (parsed != 0) {
@@ -669,7 +669,7 @@ static void read_record(struct record *r, const struct identity *shim)
         r->state = parsed < 0 ? -1 : 1;
         return;
     }
-    for (int i = 0; i < N_NAMES; i++) { /* those still there, executable, and no shim */
+    for (int i = 0; i < SHIM_NAME_COUNT; i++) { /* those still there, executable, and no shim */
         if (!r->alias[i][0])
             continue;
         if (stat(r->alias[i], &st) != 0 || !S_ISREG(st.st_mode) || access(r->alias[i], X_OK) != 0 ||
@@ -690,18 +690,12 @@ struct call {
     struct record record;
 };
 
-/* The first `name` on PATH, else (recorded) the alias install --alternatives recorded: "" if none.
- * -1: something the C route does not read as Python does. */
-static int lookup(struct call *c, const char *name, int recorded, char *out)
+/* The alias install --alternatives recorded for `name` ("" if none; the record read once a call):
+ * resolve.with_recorded_aliases. -1: a record the C route does not read as Python does. */
+static int recorded_alias(struct call *c, const char *name, char *out)
 {
-    const char *names[1] = {name};
-    char found[1][PATH_MAX];
-    if (find_on_path(names, 1, c->path_env, &c->shim, found) != 0)
-        return -1;
-    memcpy(out, found[0], strlen(found[0]) + 1);
-    if (out[0] || !recorded)
-        return 0;
     int i = in_list(name, SHIM_NAMES);
+    out[0] = '\0';
     if (i < 0)
         return 0;
     if (!c->record.state)
@@ -710,6 +704,18 @@ static int lookup(struct call *c, const char *name, int recorded, char *out)
         return -1;
     memcpy(out, c->record.alias[i], strlen(c->record.alias[i]) + 1);
     return 0;
+}
+
+/* The first `name` on PATH, else (recorded) its recorded alias: "" if none. -1: something the C
+ * route does not read as Python does. */
+static int lookup(struct call *c, const char *name, int recorded, char *out)
+{
+    const char *names[1] = {name};
+    char found[1][PATH_MAX];
+    if (find_on_path(names, 1, c->path_env, &c->shim, found) != 0)
+        return -1;
+    memcpy(out, found[0], strlen(found[0]) + 1);
+    return out[0] || !recorded ? 0 : recorded_alias(c, name, out);
 }
 
 static const char *log_line(struct route_answer *out, const struct call *c, const char *backend, int step,
@@ -778,7 +784,16 @@ static int by_caller(struct call *c, int privileged, struct route_answer *out, i
         if (format(reason, ROUTE_TEXT, HOST_ALIAS_REASON, BACKENDS[*backend]))
             return out->handover = "a reason too long", -1;
     }
-    if (lookup(c, c->name, 1, alias) != 0 || lookup(c, wanted[*backend], 0, variant) != 0)
+    /* The tool's own alias: where the search above already looked for its name, that answer (found,
+     * or not found and not recorded); else a search of its own. */
+    int tool = in_list(c->name, ALIAS_ORDER);
+    if (tool == first)
+        memcpy(alias, default_alias, strlen(default_alias) + 1);
+    else if (tool < first)
+        alias[0] = '\0';
+    else if (lookup(c, c->name, 1, alias) != 0)
+        return out->handover = BAD_PATH, -1;
+    if (lookup(c, wanted[*backend], 0, variant) != 0)
         return out->handover = BAD_PATH, -1;
     if (choose(variant, alias, *backend, *step, default_alias, alias_backend, out->binary) != 0)
         return out->handover = NO_BINARY, -1;
@@ -794,14 +809,9 @@ static int binary_of(struct call *c, int backend, int step, char *alias, char (*
     if (find_on_path(names, 2, c->path_env, &c->shim, found) != 0)
         return out->handover = BAD_PATH, -1;
     memcpy(alias, found[1], strlen(found[1]) + 1);
-    if (!found[0][0] && !alias[0]) { /* resolve.with_recorded_aliases: only where PATH has neither */
-        int i = in_list(c->name, SHIM_NAMES);
-        if (!c->record.state)
-            read_record(&c->record, &c->shim);
-        if (c->record.state < 0)
-            return out->handover = BAD_PATH, -1;
-        memcpy(alias, c->record.alias[i], strlen(c->record.alias[i]) + 1);
-    }
+    /* resolve.with_recorded_aliases: only where PATH has neither */
+    if (!found[0][0] && !alias[0] && recorded_alias(c, c->name, alias) != 0)
+        return out->handover = BAD_PATH, -1;
     if (choose(found[0], alias, backend, step, "", -1, out->binary) != 0)
         return out->handover = NO_BINARY, -1;
     return 0;

@@ -64,6 +64,7 @@ def main():
     out.append("")
     # Names, PATH and the marks of a shim.
     out.append("static const char *const SHIM_NAMES[] = %s;" % c_strings(sorted(SHIM_NAMES)))
+    out.append("#define SHIM_NAME_COUNT %d" % len(SHIM_NAMES))
     out.append("static const char *const ALIAS_ORDER[] = %s;" % c_strings(resolve.ALIAS_ORDER))
     out.append("#define ALIAS_COUNT %d" % len(resolve.ALIAS_ORDER))
     out.append("static const char *const BACKENDS[] = %s;" % c_strings(BACKENDS))
