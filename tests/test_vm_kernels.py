@@ -216,11 +216,14 @@ while [ $i -lt 20 ]; do
     CACHE=/tmp/cache-recycle nsenter --net=/run/netns/shimvm-old sh -c '. /tmp/prelude.sh
         /usr/sbin/iptables-legacy -A FORWARD -j ACCEPT; through /tmp/real-nft iptables -A INPUT -s 192.0.2.1 -j ACCEPT' 2>/dev/null
     ip netns delete shimvm-old
-    # The nsfs inode is freed when the netns is cleaned up (a workqueue): wait for the reuse.
-    for t in 1 2 3 4 5 6 7 8 9 10; do
+    # The nsfs inode is freed when the netns is cleaned up (a workqueue): wait for the reuse, and
+    # keep the last try's netns when it never came (the round then counts as one without reuse).
+    t=0
+    while :; do
+        t=$((t+1))
         ip netns add shimvm-new
         new=$(stat -L -c %i /run/netns/shimvm-new)
-        [ "$new" = "$old" ] && break
+        [ "$new" = "$old" ] || [ $t -ge 10 ] && break
         ip netns delete shimvm-new; sleep 0.2
     done
     CACHE=/tmp/cache-recycle nsenter --net=/run/netns/shimvm-new sh -c '. /tmp/prelude.sh
