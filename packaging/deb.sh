@@ -4,8 +4,9 @@
 #   packaging/deb.sh --tree dist/iptables-shim [--out DIR] [--version V]
 #
 # --tree   a frozen tree (packaging/build.sh, --arch arm64 for arm64), copied whole, as it is, to
-#          /usr/lib/iptables-shim/. The architecture is the ELF machine of TREE/iptables-shim
-#          (62 x86-64: amd64, 183 aarch64: arm64).
+#          /usr/lib/iptables-shim/shipped/, with the seven names beside it leading through
+#          `current` (docs/packaging.md#upgrades). The architecture is the ELF machine of
+#          TREE/iptables-shim (62 x86-64: amd64, 183 aarch64: arm64).
 # --out    where the .deb and its SBOM go (default dist/); VERSION is pyproject.toml's (or --version).
 #
 # The package (docs/packaging.md): the tree; the audit timer iptables-shim-doctor.{service,timer}
@@ -61,7 +62,14 @@ doc=$root/usr/share/doc/$PKG
 mkdir -p "$root/DEBIAN" "$root/usr/lib" "$root/lib/systemd/system" "$doc" \
     "$root/usr/share/lintian/overrides" "$root/usr/share/$PKG/prometheus"
 
-cp -a "$tree" "$root$LIBDIR"
+# The tree as dpkg unpacks it, in shipped/; calls run from the versioned trees the maintainer
+# scripts make of it, which the seven names lead to through `current` (debian/trees.sh,
+# docs/packaging.md#upgrades).
+mkdir -p "$root$LIBDIR"
+cp -a "$tree" "$root$LIBDIR/shipped"
+for name in $(cd "$tree" && find . -maxdepth 1 -type l -lname iptables-shim -printf '%P\n') iptables-shim; do
+    ln -s "current/$name" "$root$LIBDIR/$name"
+done
 # A tree is world-readable, written by root only, whatever the umask it was built under; shared
 # libraries are not executable (what dh_fixperms does).
 chmod -R u+rwX,go+rX,go-w "$root$LIBDIR"
@@ -79,8 +87,13 @@ install -m 0644 "$REPO"/deploy/systemd/iptables-shim-doctor.service "$REPO"/depl
 install -m 0644 "$REPO/deploy/prometheus/iptables-shim.rules.yml" "$root/usr/share/$PKG/prometheus/"
 install -m 0644 "$REPO/packaging/debian/copyright" "$doc/copyright"
 install -m 0644 "$REPO/packaging/debian/lintian-overrides" "$root/usr/share/lintian/overrides/$PKG"
-install -m 0755 "$REPO"/packaging/debian/postinst "$REPO"/packaging/debian/prerm "$REPO"/packaging/debian/postrm \
-    "$root/DEBIAN/"
+# The maintainer scripts, each with the versioned trees' functions where it says #TREES# (as
+# debhelper fills #DEBHELPER#).
+for script in preinst postinst prerm postrm; do
+    sed "s/@VERSION@/$version/" "$REPO/packaging/debian/trees.sh" |
+        sed -e "/^#TREES#\$/{r /dev/stdin" -e 'd}' "$REPO/packaging/debian/$script" >"$root/DEBIAN/$script"
+    chmod 0755 "$root/DEBIAN/$script"
+done
 # A native package's changelog: one entry, this build.
 {
     echo "$PKG ($version) unstable; urgency=medium"
@@ -89,7 +102,7 @@ install -m 0755 "$REPO"/packaging/debian/postinst "$REPO"/packaging/debian/prerm
     echo
     echo " -- $MAINTAINER  $(LC_ALL=C date -u -R -d "@$epoch")"
 } | gzip -9n >"$doc/changelog.gz"
-SOURCE_DATE_EPOCH=$epoch "$REPO/packaging/sbom.py" --at "$LIBDIR" "$tree" >"$doc/sbom.cdx.json"
+SOURCE_DATE_EPOCH=$epoch "$REPO/packaging/sbom.py" --at "$LIBDIR/shipped" "$tree" >"$doc/sbom.cdx.json"
 
 cat >"$root/DEBIAN/control" <<EOF
 Package: $PKG

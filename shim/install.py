@@ -29,6 +29,23 @@ from shim.tools import CLI_NAME, SHIM_NAMES
 SYSTEM_DIRS = ("/usr/sbin", "/usr/bin", "/sbin", "/bin")
 
 
+TREES = "trees"  # the .deb's versioned trees: HOME/trees/ID/ (docs/packaging.md#upgrades)
+
+
+def registered_path(executable):
+    """The path install links to and registers: the executable's real path, or, where that is one
+    of the .deb's versioned trees (HOME/trees/ID/iptables-shim), HOME/iptables-shim: the link
+    through HOME/current that each upgrade switches, so nothing made here leads into a tree that an
+    upgrade removes."""
+    real = os.path.realpath(executable)
+    tree = os.path.dirname(real)
+    if os.path.basename(os.path.dirname(tree)) == TREES:
+        stable = os.path.join(os.path.dirname(os.path.dirname(tree)), CLI_NAME)
+        if _identity(stable) == _identity(real):
+            return stable
+    return real
+
+
 def installed_names(directory, verb):
     """(name, path, lstat or None where absent) for each name `install DIR` manages."""
     for name in sorted(SHIM_NAMES) + [CLI_NAME]:
@@ -86,7 +103,7 @@ def plan(directory, target):
 
 def install(directory, target):
     """Create the links planned for `directory`; returns the plan as carried out."""
-    target = os.path.realpath(target)
+    target = registered_path(target)
     steps = plan(directory, target)
     if any(action == "create" for _, _, action in steps) and not os.path.isdir(directory):
         # DIR only, never its parents: install writes nothing outside DIR.
@@ -143,7 +160,7 @@ def uninstall(directory, target):
     Only what install writes is removed: a symlink whose text is this shim's real path. Anything
     else under one of the names (a real binary, a link elsewhere, a relative link such as the
     frozen tree's own, the shim itself) refuses the whole uninstall before anything is removed."""
-    target = os.path.realpath(target)
+    target = registered_path(target)
     steps = []
     for name, path, st in installed_names(directory, "removed"):
         if st is None:
@@ -414,7 +431,7 @@ def refuse_hand_registration(groups, target, tool, outcome):
 
 def install_alternatives(target):
     """[(group, shim path, action)] with action "registered" or "already this shim"."""
-    target = os.path.realpath(target)
+    target = registered_path(target)
     tool, admin, groups, record, names = alternatives_state(target)
     if record is not None:
         # Installed before: in place only if every group still selects the shim it recorded.
@@ -470,7 +487,7 @@ def install_alternatives(target):
 
 def uninstall_alternatives(target):
     """[(group, restored choice, action)] with action "restored" ; [] when nothing was installed."""
-    target = os.path.realpath(target)
+    target = registered_path(target)
     tool, admin, groups, record, names = alternatives_state(target)
     if record is None:
         refuse_hand_registration(groups, target, tool, "leaving it")
