@@ -502,8 +502,13 @@ def uninstall_alternatives(target):
         if value not in g.paths():
             raise ShimError("%s, the %s alternative selected before install, is gone: nothing was "
                             "changed (the record is %s)" % (value, name, STATE_FILE))
-        commands.append([tool, "--remove", name, path])
-        commands.append([tool, "--set", name, value] if mode == "manual" else [tool, "--auto", name])
+        # One change of the link, straight to what it was: a manual choice is set back before the
+        # shim's entry goes (removing the selected entry first would put the group in auto mode,
+        # and callers on nft for a moment where legacy was chosen: tests/test_upgrades.py).
+        if mode == "manual":
+            commands += [[tool, "--set", name, value], [tool, "--remove", name, path]]
+        else:
+            commands += [[tool, "--remove", name, path], [tool, "--auto", name]]
     for argv in commands:
         _run_tool(argv)
     done = []

@@ -1,0 +1,322 @@
+"""Upgrades under load: the .deb and iptables' own packages change while loops call all six names.
+
+In test_deb's bookworm root (real dpkg and apt, iptables, ufw), one scenario per test runs in one
+mount namespace: LOOPS start (each in its own private netns made with `unshare -n`, seeded legacy,
+seeded nft or left empty; with the cache, without it (Python decides every call), or in a fresh
+netns each round), then the package steps run one after the other while the loops call
+/usr/sbin/iptables, -save, -restore and their ip6tables names as callers do, then the loops stop.
+
+Each call is counted: made, failed (exit status not 0, or anything on stderr), misplaced (the rule
+it wrote is in the other backend, read back from the kernel with the -legacy and -nft save
+binaries). Where a call lands is judged against what /etc/alternatives said before and after it:
+the shim (the netns's own backend; legacy for an empty netns, the recorded default alias) or
+iptables' own variant, whichever the alternative was (a call that overlapped a change of the
+alternative may land by either).
+
+The two package versions are the workspace's frozen tree and a copy whose bytecode differs the way
+an upgrade's does (shim.main imports a name only the new shim.tools has), packaged with
+packaging/deb.sh as 9.0.1 and 9.0.2. The same load over a package whose `current` leads into
+dpkg's own unpacked tree (the part docs/packaging.md#upgrades adds, removed) fails calls:
+test_without_versioned_trees_calls_fail.
+"""
+
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import REPO
+import test_alternatives as alt
+import test_deb
+
+pytestmark = test_deb.pytestmark
+
+LIBDIR = test_deb.LIBDIR
+V1, V2 = "9.0.1", "9.0.2"
+APT = "DEBIAN_FRONTEND=noninteractive apt-get -y -q -o Dpkg::Use-Pty=0 "
+
+# One loop: $1 its name, $2 the seed (legacy, nft, empty), $3 the cache (on, off) or "fresh" (a new
+# netns every round). Runs in its own netns (unshare -n). Prints one line per failed or misplaced
+# call and, at the end, its counts.
+LOOP = r"""
+name=$1 seed=$2 mode=$3 calls=0 failed=0 misplaced=0 rounds=0
+[ "$mode" = off ] && export IPTABLES_SHIM_CACHE=off  # Python decides every call
+shim_in_force() {
+    case $(readlink /etc/alternatives/iptables):$(readlink /etc/alternatives/ip6tables) in
+        $LIBDIR/iptables:$LIBDIR/ip6tables) return 0 ;;
+    esac
+    return 1
+}
+call() {  # $1 what for the report; the rest the command; stdin passed on
+    what=$1; shift
+    calls=$((calls + 1))
+    shim_in_force && before=shim || before=own
+    if ! timeout 30 "$@" >/tmp/loop-$name.out 2>/tmp/loop-$name.err || [ -s /tmp/loop-$name.err ]; then
+        shim_in_force && after=shim || after=own
+        err=$(head -c 300 /tmp/loop-$name.err | tr '\n' ' ')
+        case $before:$after:$err in
+            *own*:*"line 2 failed"*|*own*:*"Bad rule (does a matching rule exist"*)
+                # The alternative changed around this call: iptables' own variant ran it against
+                # a rule the shim had put in the other backend. Not the shim's call.
+                echo "EXCUSED $name $what ($before -> $after): $err" ;;
+            *)
+                failed=$((failed + 1))
+                echo "FAILED $name $what ($before -> $after): $err" ;;
+        esac
+    fi
+}
+# One round: each family's rule written with -A, read back from the kernel, listed with -S and
+# -save, deleted with -restore from stdin. Returns 1 when the alternative changed during it.
+round() {
+    rounds=$((rounds + 1))
+    for fam in iptables ip6tables; do
+        if [ $fam = iptables ]; then addr=198.51.100.$((rounds % 250 + 1)); else addr=2001:db8::$rounds; fi
+        call "$fam -A" /usr/sbin/$fam -A INPUT -s $addr -j ACCEPT
+        in_legacy=$($fam-legacy-save 2>/dev/null | grep -c -- "-s $addr/" || true)
+        in_nft=$($fam-nft-save 2>/dev/null | grep -c -- "-s $addr/" || true)
+        call "$fam -S" /usr/sbin/$fam -S INPUT
+        call "$fam-save" /usr/sbin/$fam-save -t filter
+        printf '*filter\n-D INPUT -s %s -j ACCEPT\nCOMMIT\n' $addr >/tmp/loop-$name.in
+        call "$fam-restore" /usr/sbin/$fam-restore --noflush </tmp/loop-$name.in
+        landed=none
+        [ "$in_legacy" != 0 ] && landed=legacy
+        [ "$in_nft" != 0 ] && landed=$([ $landed = none ] && echo nft || echo both)
+        if ! shim_in_force; then
+            return 1  # iptables' own variant may have run: this netns is not the shim's to judge now
+        fi
+        if [ $landed != none ] && [ $landed != "$want" ]; then
+            misplaced=$((misplaced + 1))
+            echo "MISPLACED $name $fam: landed in $landed, not $want"
+        fi
+        # What a failed -restore left, taken away where it is (never touching the other backend).
+        [ "$in_legacy" != 0 ] && $fam-legacy -D INPUT -s $addr -j ACCEPT 2>/dev/null
+        [ "$in_nft" != 0 ] && $fam-nft -D INPUT -s $addr -j ACCEPT 2>/dev/null
+    done
+    return 0
+}
+if [ "$mode" = epoch ] || [ "$mode" = epoch-once ]; then
+    # One netns's life (this process runs in its own, from unshare -n): seeded, then rounds while
+    # the shim is the alternative; it ends when that changes (a call may then have run iptables'
+    # own variant here), or after one round for a loop that wants a fresh netns each time.
+    case $seed in
+        legacy|nft) iptables-$seed -A FORWARD -s 192.0.2.250 -j DROP &&
+            ip6tables-$seed -A FORWARD -s 2001:db8:ffff::1 -j DROP ;;
+    esac
+    case $seed in nft) want=nft ;; *) want=legacy ;; esac  # empty: the recorded default alias
+    while [ ! -e /tmp/stop ] && shim_in_force && round; do
+        [ "$mode" = epoch-once ] && break
+    done
+    echo "COUNTS-PART $name calls=$calls failed=$failed misplaced=$misplaced"
+    exit 0
+fi
+epochs=0 waits=0
+while [ ! -e /tmp/stop ]; do
+    if ! shim_in_force; then waits=$((waits + 1)); sleep 0.05; continue; fi
+    epochs=$((epochs + 1))
+    unshare -n sh /tmp/loop.sh "$name" "$seed" "$([ "$mode" = fresh ] && echo epoch-once || echo epoch)" </dev/null
+done
+echo "COUNTS $name calls=0 failed=0 misplaced=0 netns=$epochs"
+""".replace("$LIBDIR", LIBDIR)
+
+# The driver: the loops, then the steps ($STEPS), each followed by `state` (what the
+# alternatives, the trees and the cache are after it), then stop and collect.
+DRIVER = r"""
+cp /opt/loop-body.sh /tmp/loop.sh
+rm -f /tmp/stop
+i=0
+for seed in legacy nft empty; do
+    for mode in on off fresh; do
+        i=$((i + 1))
+        sh /tmp/loop.sh loop$i-$seed-$mode $seed $mode >/tmp/loop$i.log 2>&1 &
+    done
+done
+state() {
+    echo "STATE $1"
+    for fam in iptables ip6tables; do echo "alternative-$fam $(readlink /etc/alternatives/$fam)"; done
+    echo "current $(readlink $LIBDIR/current 2>/dev/null || echo none)"
+    echo "trees $(ls $LIBDIR/trees 2>/dev/null | tr '\n' ' ')"
+    echo "shipped $(ls $LIBDIR/shipped 2>/dev/null | tr '\n' ' ')"
+    echo "libdir $(ls $LIBDIR 2>/dev/null | tr '\n' ' ')"
+    echo "record $(tr '\n' ' ' </var/lib/iptables-shim/alternatives 2>/dev/null || echo none)"
+    echo "cache $(ls /run/iptables-shim 2>/dev/null | wc -l)"
+    echo "status $(dpkg-query -W -f '${db:Status-Abbrev}${Version}' iptables-shim 2>/dev/null || echo none)"
+    echo "END"
+}
+step() {
+    echo "STEP $1"; shift
+    sleep 2
+    if ! sh -c "$*" >/tmp/step.log 2>&1; then echo "STEP-FAILED"; cat /tmp/step.log; fi
+    grep -i "iptables-shim:" /tmp/step.log || true
+    state "$STEP_NAME"
+}
+sleep 3
+$STEPS
+sleep 2
+touch /tmp/stop
+wait
+cat /tmp/loop*.log
+""".replace("$LIBDIR", LIBDIR)
+
+
+def counts(out):
+    """{loop: (calls, failed, misplaced)}, fresh-netns rounds summed into their loop."""
+    total = {}
+    for name, c, f, m in re.findall(r"^COUNTS(?:-PART)? (\S+) calls=(\d+) failed=(\d+) misplaced=(\d+)", out, re.M):
+        t = total.get(name, (0, 0, 0))
+        total[name] = (t[0] + int(c), t[1] + int(f), t[2] + int(m))
+    return total
+
+
+def states(out):
+    """{step name: {key: value}} from the driver's STATE blocks."""
+    result = {}
+    for name, body in re.findall(r"^STATE ([^\n]*)\n(.*?)^END$", out, re.M | re.S):
+        result[name] = dict(l.split(" ", 1) if " " in l else (l, "") for l in body.splitlines())
+    return result
+
+
+def steps(*pairs):
+    """Shell for the driver: (name, command) pairs."""
+    return "\n".join("STEP_NAME=%s step %s %s" % (shq(n), shq(n), shq(c)) for n, c in pairs)
+
+
+def shq(s):
+    return "'" + s.replace("'", "'\\''") + "'"
+
+
+# -- the packages -----------------------------------------------------------------------------------
+
+_DEBS = {}
+
+
+def upgraded_tree(tree, out):
+    """A copy of `tree` whose bytecode differs as an upgrade's does: shim.main imports a name that
+    only this shim.tools has, so a new main.pyc beside an old tools.pyc fails to import."""
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(tree, out, symlinks=True)
+    src = out + ".src"
+    shutil.rmtree(src, ignore_errors=True)
+    shutil.copytree(os.path.join(REPO, "shim"), os.path.join(src, "shim"))
+    with open(os.path.join(src, "shim", "tools.py"), "a") as f:
+        f.write("\nUPGRADE_MARK = 2  # tests/test_upgrades.py\n")
+    main = os.path.join(src, "shim", "main.py")
+    text = open(main).read().replace("from shim.tools import CLI_NAME, SHIM_NAMES",
+                                     "from shim.tools import CLI_NAME, SHIM_NAMES, UPGRADE_MARK  # noqa", 1)
+    assert "UPGRADE_MARK" in text
+    open(main, "w").write(text)
+    subprocess.run(["/usr/bin/python3.11", "-I", "-c", """if True:
+        import py_compile, sys
+        src, lib = sys.argv[1:]
+        for rel in ("shim/tools.py", "shim/main.py"):
+            py_compile.compile(src + "/" + rel, cfile=lib + "/" + rel + "c", dfile=rel, doraise=True, optimize=2,
+                               invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)""",
+                    src, os.path.join(out, "lib")], check=True)
+    with open(os.path.join(out, "BUILDINFO"), "a") as f:
+        f.write("upgrade-test\t2\ttests/test_upgrades.py\n")
+    shutil.rmtree(src)
+    return out
+
+
+def debs():
+    """{version: path} of the two packages (built once per run)."""
+    if not _DEBS:
+        ws = test_deb.workspace()
+        tree = test_deb.frozen_tree()
+        out = os.path.join(ws.root, "deb", "upgrades")
+        shutil.rmtree(out, ignore_errors=True)
+        os.makedirs(out)
+        for version, t in ((V1, tree), (V2, upgraded_tree(tree, os.path.join(out, "tree2")))):
+            r = ws.run([test_deb.DEB_SH, "--tree", t, "--out", out, "--version", version],
+                       what="packaging/deb.sh " + version)
+            _DEBS[version] = r.stdout.decode().strip()
+    return _DEBS
+
+
+@pytest.fixture
+def root(tmp_path):
+    base, tree, fresh = alt._tree()
+    r = alt.Root(tree, str(tmp_path / "root"))
+    os.makedirs(os.path.join(r.upper, "root"), exist_ok=True)
+    os.makedirs(os.path.join(r.upper, "opt"), exist_ok=True)
+    for version, deb in debs().items():
+        shutil.copy(deb, os.path.join(r.upper, "root", "shim-%s.deb" % version))
+    with open(os.path.join(r.upper, "opt", "loop-body.sh"), "w") as f:
+        f.write(LOOP)
+    # The machine's choice before the shim: legacy, by hand (recorded as the default alias).
+    r.ok("update-alternatives --set iptables /usr/sbin/iptables-legacy >/dev/null; "
+         "update-alternatives --set ip6tables /usr/sbin/ip6tables-legacy >/dev/null")
+    return r
+
+
+def run_scenario(root, pairs, timeout=900):
+    rc, out, err = root.run(DRIVER.replace("$STEPS", steps(*pairs)), timeout=timeout)
+    assert rc == 0, (out, err)
+    return out
+
+
+def assert_no_call_lost(out, min_calls=8):
+    c = counts(out)
+    assert len(c) == 9, out
+    bad = [l for l in out.splitlines() if l.startswith(("FAILED", "MISPLACED", "STEP-FAILED"))]
+    assert bad == [], "\n".join(bad[:40])
+    assert all(calls >= min_calls for calls, _, _ in c.values()), c
+    return c
+
+
+def report(what, c):
+    calls = sum(v[0] for v in c.values())
+    failed = sum(v[1] for v in c.values())
+    misplaced = sum(v[2] for v in c.values())
+    print("%s: %d calls, %d failed, %d misplaced (%s)" % (what, calls, failed, misplaced, c))
+
+
+def assert_installed(state, version):
+    for fam in ("iptables", "ip6tables"):
+        assert state["alternative-" + fam] == "%s/%s" % (LIBDIR, fam), state
+    assert state["status"] == "ii " + version, state
+    tree = state["current"]
+    assert re.fullmatch(r"trees/%s-[0-9a-f]{12}" % re.escape(version), tree), state
+    # The old tree went once no call was in it: one tree, the current one.
+    assert state["trees"].split() == [tree[len("trees/"):]], state
+    assert "iptables-shim" in state["shipped"].split() and "lib" in state["shipped"].split(), state
+
+
+def assert_removed(state):
+    for fam in ("iptables", "ip6tables"):
+        assert state["alternative-" + fam] == "/usr/sbin/%s-legacy" % fam, state
+    assert state["current"] == "none" and state["trees"] == "" and state["libdir"] == "", state
+    assert state["record"] == "none" and state["cache"] == "0", state
+
+
+# -- the shim's own package ------------------------------------------------------------------------
+
+def test_shim_upgrades_downgrades_remove_purge_reinstall_lose_no_call(root):
+    out = run_scenario(root, [
+        ("install-1", APT + "install /root/shim-%s.deb" % V1),
+        ("upgrade-1-2", APT + "install /root/shim-%s.deb" % V2),
+        ("downgrade-2-1", APT + "install --allow-downgrades /root/shim-%s.deb" % V1),
+        ("upgrade-1-2-again", "dpkg -i /root/shim-%s.deb" % V2),
+        ("reinstall-2", APT + "install --reinstall /root/shim-%s.deb" % V2),
+        ("remove", APT + "remove iptables-shim"),
+        ("install-2", APT + "install /root/shim-%s.deb" % V2),
+        ("purge", APT + "purge iptables-shim"),
+        ("install-1-again", APT + "install /root/shim-%s.deb" % V1),
+    ])
+    c = assert_no_call_lost(out)
+    report("shim 1 -> 2 -> 1 -> 2, reinstall, remove, install, purge, install", c)
+    s = states(out)
+    assert_installed(s["install-1"], V1)
+    assert_installed(s["upgrade-1-2"], V2)
+    assert_installed(s["downgrade-2-1"], V1)
+    assert_installed(s["upgrade-1-2-again"], V2)
+    assert_installed(s["reinstall-2"], V2)
+    assert_removed(s["remove"])
+    assert s["remove"]["status"] == "rc " + V2, s["remove"]
+    assert_installed(s["install-2"], V2)
+    assert_removed(s["purge"])
+    assert s["purge"]["status"] == "none" or s["purge"]["status"].startswith("un"), s["purge"]
+    assert_installed(s["install-1-again"], V1)
+    # The record holds the choice from before the first install, whatever happened in between.
+    assert "group iptables manual /usr/sbin/iptables-legacy %s/iptables 100" % LIBDIR in s["install-1-again"]["record"], s
