@@ -89,9 +89,9 @@ install -m 0644 "$REPO/packaging/debian/copyright" "$doc/copyright"
 install -m 0644 "$REPO/packaging/debian/lintian-overrides" "$root/usr/share/lintian/overrides/$PKG"
 # The maintainer scripts, each with the versioned trees' functions where it says #TREES# (as
 # debhelper fills #DEBHELPER#).
+sed "s/@VERSION@/$version/" "$REPO/packaging/debian/trees.sh" >"$stage/trees.sh"
 for script in preinst postinst prerm postrm; do
-    sed "s/@VERSION@/$version/" "$REPO/packaging/debian/trees.sh" |
-        sed -e "/^#TREES#\$/{r /dev/stdin" -e 'd}' "$REPO/packaging/debian/$script" >"$root/DEBIAN/$script"
+    sed -e "/^#TREES#\$/{r $stage/trees.sh" -e 'd}' "$REPO/packaging/debian/$script" >"$root/DEBIAN/$script"
     chmod 0755 "$root/DEBIAN/$script"
 done
 # A native package's changelog: one entry, this build.

@@ -14,7 +14,7 @@ iptables' own variant, whichever the alternative was (a call that overlapped a c
 alternative may land by either).
 
 The two package versions are the workspace's frozen tree and a copy whose bytecode differs the way
-an upgrade's does (shim.main imports a name only the new shim.tools has), packaged with
+an upgrade's does (its shim package imports a name only its shim.tools has), packaged with
 packaging/deb.sh as 9.0.1 and 9.0.2. The same load over a package whose `current` leads into
 dpkg's own unpacked tree (the part docs/packaging.md#upgrades adds, removed) fails calls:
 test_without_versioned_trees_calls_fail.
@@ -45,7 +45,7 @@ name=$1 seed=$2 mode=$3 calls=0 failed=0 misplaced=0 rounds=0
 [ "$mode" = off ] && export IPTABLES_SHIM_CACHE=off  # Python decides every call
 shim_in_force() {
     case $(readlink /etc/alternatives/iptables):$(readlink /etc/alternatives/ip6tables) in
-        $LIBDIR/iptables:$LIBDIR/ip6tables) return 0 ;;
+        $LIBDIR/*:$LIBDIR/*) return 0 ;;
     esac
     return 1
 }
@@ -147,8 +147,8 @@ state() {
 step() {
     echo "STEP $1"; shift
     sleep 2
-    if ! sh -c "$*" >/tmp/step.log 2>&1; then echo "STEP-FAILED"; cat /tmp/step.log; fi
-    grep -i "iptables-shim:" /tmp/step.log || true
+    sh -c "$*" >/tmp/step.log 2>&1 || echo "STEP-FAILED"
+    sed 's/^/| /' /tmp/step.log
     state "$STEP_NAME"
 }
 sleep 3
@@ -191,36 +191,43 @@ def shq(s):
 _DEBS = {}
 
 
+# dpkg renames the unpacked files into place in archive order: shim/__init__.pyc, 30 files before
+# shim/tools.pyc. What one version's __init__ imports from its tools, the other's lacks.
+UPGRADE_IMPORTER, UPGRADE_PROVIDER = "shim/__init__.py", "shim/tools.py"
+
+
 def upgraded_tree(tree, out):
-    """A copy of `tree` whose bytecode differs as an upgrade's does: shim.main imports a name that
-    only this shim.tools has, so a new main.pyc beside an old tools.pyc fails to import."""
+    """A copy of `tree` whose bytecode differs as an upgrade's does: its shim package imports a
+    name that only its shim.tools has, so a new __init__.pyc beside an old tools.pyc fails to import
+    (on every call Python answers)."""
     shutil.rmtree(out, ignore_errors=True)
     shutil.copytree(tree, out, symlinks=True)
     src = out + ".src"
     shutil.rmtree(src, ignore_errors=True)
     shutil.copytree(os.path.join(REPO, "shim"), os.path.join(src, "shim"))
-    with open(os.path.join(src, "shim", "tools.py"), "a") as f:
+    with open(os.path.join(src, UPGRADE_PROVIDER), "a") as f:
         f.write("\nUPGRADE_MARK = 2  # tests/test_upgrades.py\n")
-    main = os.path.join(src, "shim", "main.py")
-    text = open(main).read().replace("from shim.tools import CLI_NAME, SHIM_NAMES",
-                                     "from shim.tools import CLI_NAME, SHIM_NAMES, UPGRADE_MARK  # noqa", 1)
-    assert "UPGRADE_MARK" in text
-    open(main, "w").write(text)
+    with open(os.path.join(src, UPGRADE_IMPORTER), "a") as f:
+        f.write("\nfrom shim.tools import UPGRADE_MARK  # noqa: tests/test_upgrades.py\n")
     subprocess.run(["/usr/bin/python3.11", "-I", "-c", """if True:
         import py_compile, sys
-        src, lib = sys.argv[1:]
-        for rel in ("shim/tools.py", "shim/main.py"):
+        src, lib = sys.argv[1:3]
+        for rel in sys.argv[3:]:
             py_compile.compile(src + "/" + rel, cfile=lib + "/" + rel + "c", dfile=rel, doraise=True, optimize=2,
                                invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)""",
-                    src, os.path.join(out, "lib")], check=True)
+                    src, os.path.join(out, "lib"), UPGRADE_IMPORTER, UPGRADE_PROVIDER], check=True)
     with open(os.path.join(out, "BUILDINFO"), "a") as f:
         f.write("upgrade-test\t2\ttests/test_upgrades.py\n")
     shutil.rmtree(src)
     return out
 
 
-def debs():
-    """{version: path} of the two packages (built once per run)."""
+def debs(without_trees=False):
+    """{version: path} of the two packages (built once per run); `without_trees`: the same packages
+    with the versioned trees taken out (trees/ID a link to dpkg's shipped/, so calls run from the
+    tree dpkg is replacing), rebuilt with dpkg-deb -R / -b."""
+    if without_trees:
+        return mutated(debs())
     if not _DEBS:
         ws = test_deb.workspace()
         tree = test_deb.frozen_tree()
@@ -234,13 +241,41 @@ def debs():
     return _DEBS
 
 
-@pytest.fixture
-def root(tmp_path):
+# trees_make with its hard-linked copy taken out: the tree is dpkg's own shipped/.
+WITHOUT_TREES = """trees_make() {
+    mkdir -p "$LIBDIR/trees"; [ -e "$LIBDIR/trees/$2" ] || ln -s ../shipped "$LIBDIR/trees/$2"
+}"""
+
+
+def mutated(packages):
+    if "mutated" not in _DEBS:
+        ws = test_deb.workspace()
+        out = os.path.join(ws.root, "deb", "upgrades-without-trees")
+        shutil.rmtree(out, ignore_errors=True)
+        os.makedirs(out)
+        result = {}
+        for version, deb in packages.items():
+            x = os.path.join(out, version)
+            subprocess.run(["dpkg-deb", "-R", deb, x], check=True)
+            for script in ("preinst", "postinst", "prerm", "postrm"):
+                path = os.path.join(x, "DEBIAN", script)
+                text, n = re.subn(r"(?ms)^trees_make\(\) \{$.*?^\}$", WITHOUT_TREES, open(path).read())
+                assert n == (script in ("preinst", "postinst", "prerm")), script
+                with open(path, "w") as f:
+                    f.write(text)
+            result[version] = os.path.join(out, "without-trees-%s.deb" % version)
+            subprocess.run(["dpkg-deb", "--root-owner-group", "-b", x, result[version]], check=True,
+                           stdout=subprocess.DEVNULL)
+        _DEBS["mutated"] = result
+    return _DEBS["mutated"]
+
+
+def make_root(tmp_path, packages):
     base, tree, fresh = alt._tree()
     r = alt.Root(tree, str(tmp_path / "root"))
     os.makedirs(os.path.join(r.upper, "root"), exist_ok=True)
     os.makedirs(os.path.join(r.upper, "opt"), exist_ok=True)
-    for version, deb in debs().items():
+    for version, deb in packages.items():
         shutil.copy(deb, os.path.join(r.upper, "root", "shim-%s.deb" % version))
     with open(os.path.join(r.upper, "opt", "loop-body.sh"), "w") as f:
         f.write(LOOP)
@@ -248,6 +283,11 @@ def root(tmp_path):
     r.ok("update-alternatives --set iptables /usr/sbin/iptables-legacy >/dev/null; "
          "update-alternatives --set ip6tables /usr/sbin/ip6tables-legacy >/dev/null")
     return r
+
+
+@pytest.fixture
+def root(tmp_path):
+    return make_root(tmp_path, debs())
 
 
 def run_scenario(root, pairs, timeout=900):
@@ -320,3 +360,67 @@ def test_shim_upgrades_downgrades_remove_purge_reinstall_lose_no_call(root):
     assert_installed(s["install-1-again"], V1)
     # The record holds the choice from before the first install, whatever happened in between.
     assert "group iptables manual /usr/sbin/iptables-legacy %s/iptables 100" % LIBDIR in s["install-1-again"]["record"], s
+
+
+# dpkg -i of version 2 killed (SIGKILL) the moment its first changed file of the shim package is
+# renamed into place, 30 renames before the last: dpkg's shipped/ is then half one version, half
+# the other, and stays so until the package is installed again.
+KILL_MID_UNPACK = r"""dpkg -i /root/shim-%s.deb >/tmp/dpkg.log 2>&1 & pid=$!
+python3 - $pid <<'PY'
+import os, signal, sys, time
+pid, path = int(sys.argv[1]), "/usr/lib/iptables-shim/shipped/lib/%sc"
+ino, deadline = os.stat(path).st_ino, time.monotonic() + 300
+while time.monotonic() < deadline:
+    try:
+        if os.stat(path).st_ino != ino:
+            os.kill(pid, signal.SIGKILL)
+            print("killed dpkg")
+            break
+    except FileNotFoundError:
+        pass
+PY
+wait $pid || true
+cmp -s /usr/lib/iptables-shim/shipped/lib/%sc /usr/lib/iptables-shim/current/lib/%sc && echo "provider unchanged"
+""" % (V2, UPGRADE_IMPORTER, UPGRADE_PROVIDER, UPGRADE_PROVIDER)
+
+
+def kill_scenario():
+    return [
+        ("install-1", APT + "install /root/shim-%s.deb" % V1),
+        ("killed-1-2", KILL_MID_UNPACK),
+        ("configure-a", "dpkg --configure -a; echo configure-rc=$?"),
+        ("again-2", "dpkg -i /root/shim-%s.deb" % V2),
+    ]
+
+
+def test_dpkg_killed_mid_unpack_then_configure_a_loses_no_call(root):
+    """The unpack of 2 killed with shipped/ half replaced: calls go on in 1's tree, untouched;
+    `dpkg --configure -a` leaves it so (the package must be installed again, as dpkg says);
+    installing 2 again completes the upgrade. Zero failed, zero misplaced calls throughout."""
+    out = run_scenario(root, kill_scenario())
+    c = assert_no_call_lost(out)
+    report("dpkg killed mid-unpack, configure -a, install again", c)
+    assert "killed dpkg" in out, out
+    s = states(out)
+    killed = s["killed-1-2"]
+    assert killed["status"].startswith(("iH", "iU", "iF")) or killed["status"].startswith("i"), killed
+    assert killed["status"] != "ii " + V1 and killed["status"] != "ii " + V2, killed
+    assert killed["current"] == s["install-1"]["current"], (killed, s["install-1"])
+    assert_installed(s["again-2"], V2)
+
+
+def test_without_versioned_trees_calls_fail(tmp_path):
+    """The part docs/packaging.md#upgrades adds, taken out (calls run from dpkg's own shipped/):
+    the same kill mid-unpack leaves every call Python answers failing until the package is
+    installed again (the calls the C route answers from the cache still run)."""
+    root = make_root(tmp_path, debs(without_trees=True))
+    out = run_scenario(root, kill_scenario())
+    c = counts(out)
+    report("without the versioned trees: dpkg killed mid-unpack", c)
+    failed = [l for l in out.splitlines() if l.startswith("FAILED")]
+    assert "killed dpkg" in out and "provider unchanged" in out, out
+    assert failed, out
+    # Each the shim's one line (or iptables' own complaint about the rule that call did not
+    # write), never a traceback.
+    assert any("iptables-shim: the shim at %s/shipped is damaged" % LIBDIR in l for l in failed), failed[:10]
+    assert not [l for l in failed if "Traceback" in l], failed[:10]
