@@ -6,9 +6,10 @@ seeded nft or left empty; with the cache, without it (Python decides every call)
 netns each round), then the package steps run one after the other while the loops call
 /usr/sbin/iptables, -save, -restore and their ip6tables names as callers do, then the loops stop.
 
-Each call is counted: made, failed (exit status not 0, or anything on stderr), misplaced (the rule
-it wrote is in the other backend, read back from the kernel with the -legacy and -nft save
-binaries). Where a call lands is judged against what /etc/alternatives said before and after it:
+Each call through the shim is counted (one that ran while the alternative was iptables' own, by
+hand or with the shim removed, is not the shim's): made, failed (exit status not 0, or anything on
+stderr), misplaced (the rule it wrote is in the other backend, read back from the kernel with the
+-legacy and -nft save binaries). Where a call lands is judged against what /etc/alternatives said before and after it:
 the shim (the netns's own backend; legacy for an empty netns, the recorded default alias) or
 iptables' own variant, whichever the alternative was (a call that overlapped a change of the
 alternative may land by either).
@@ -51,20 +52,24 @@ shim_in_force() {
 }
 call() {  # $1 what for the report; the rest the command; stdin passed on
     what=$1; shift
-    calls=$((calls + 1))
     shim_in_force && before=shim || before=own
     if ! timeout 30 "$@" >/tmp/loop-$name.out 2>/tmp/loop-$name.err || [ -s /tmp/loop-$name.err ]; then
         shim_in_force && after=shim || after=own
         err=$(head -c 300 /tmp/loop-$name.err | tr '\n' ' ')
         case $before:$after:$err in
-            *own*:*"line 2 failed"*|*own*:*"Bad rule (does a matching rule exist"*)
+            own:own:*)
+                ;;  # iptables' own variant, chosen by hand or with the shim not installed
+            *own*:*"line 2 failed"*|*own*:*"Bad rule (does a matching rule exist"*|*own*:*"legacy tables present"*)
                 # The alternative changed around this call: iptables' own variant ran it against
                 # a rule the shim had put in the other backend. Not the shim's call.
                 echo "EXCUSED $name $what ($before -> $after): $err" ;;
             *)
-                failed=$((failed + 1))
+                calls=$((calls + 1)) failed=$((failed + 1))
                 echo "FAILED $name $what ($before -> $after): $err" ;;
         esac
+    else
+        shim_in_force && after=shim || after=own
+        [ $before:$after = own:own ] || calls=$((calls + 1))
     fi
 }
 # One round: each family's rule written with -A, read back from the kernel, listed with -S and
@@ -142,6 +147,8 @@ state() {
     echo "record $(tr '\n' ' ' </var/lib/iptables-shim/alternatives 2>/dev/null || echo none)"
     echo "cache $(ls /run/iptables-shim 2>/dev/null | wc -l)"
     echo "status $(dpkg-query -W -f '${db:Status-Abbrev}${Version}' iptables-shim 2>/dev/null || echo none)"
+    echo "iptables $(dpkg-query -W -f '${db:Status-Abbrev}${Version}' iptables)"
+    echo "alias $(unshare -n $LIBDIR/iptables-shim explain 2>&1 | sed -n 's/^default alias: *//p')"
     echo "END"
 }
 step() {
@@ -424,3 +431,69 @@ def test_without_versioned_trees_calls_fail(tmp_path):
     # write), never a traceback.
     assert any("iptables-shim: the shim at %s/shipped is damaged" % LIBDIR in l for l in failed), failed[:10]
     assert not [l for l in failed if "Traceback" in l], failed[:10]
+
+
+# -- iptables' own package --------------------------------------------------------------------------
+
+BUMPED = "1.8.9-2+shimtest1"
+
+
+def bumped_iptables():
+    """Debian's own iptables and the three libraries it depends on exactly, as the root's apt
+    cache has them, rebuilt with dpkg-deb -R / -b under a higher version (what an upgrade brings)."""
+    if "iptables" not in _DEBS:
+        base, tree, fresh = alt._tree()
+        archives = os.path.join(tree, "var", "cache", "apt", "archives")
+        out = os.path.join(test_deb.workspace().root, "deb", "iptables-bumped")
+        shutil.rmtree(out, ignore_errors=True)
+        os.makedirs(out)
+        made = []
+        for package in ("iptables", "libip4tc2", "libip6tc2", "libxtables12"):
+            deb = [f for f in os.listdir(archives) if f.startswith(package + "_1.8.9-2_")]
+            assert len(deb) == 1, (package, os.listdir(archives))
+            x = os.path.join(out, package)
+            subprocess.run(["dpkg-deb", "-R", os.path.join(archives, deb[0]), x], check=True)
+            control = os.path.join(x, "DEBIAN", "control")
+            text = open(control).read().replace("Version: 1.8.9-2\n", "Version: %s\n" % BUMPED)
+            text = text.replace("(= 1.8.9-2)", "(= %s)" % BUMPED)
+            open(control, "w").write(text)
+            made.append(os.path.join(out, "%s_%s_amd64.deb" % (package, BUMPED)))
+            subprocess.run(["dpkg-deb", "--root-owner-group", "-b", x, made[-1]], check=True, stdout=subprocess.DEVNULL)
+        _DEBS["iptables"] = made
+    return _DEBS["iptables"]
+
+
+def test_iptables_reinstall_upgrade_and_a_hand_choice_lose_no_call(tmp_path):
+    """iptables' own postinst re-registers its alternatives on reinstall and upgrade: the shim stays
+    the alternative in force, its default alias the recorded legacy, which the new iptables still
+    ships. A choice by hand (`update-alternatives --set iptables /usr/sbin/iptables-nft`) wins: the
+    shim's upgrade leaves it; `--auto` brings the shim back."""
+    root = make_root(tmp_path, debs())
+    for deb in bumped_iptables():
+        shutil.copy(deb, os.path.join(root.upper, "root"))
+    out = run_scenario(root, [
+        ("install-1", APT + "install /root/shim-%s.deb" % V1),
+        ("reinstall-iptables", APT + "install --reinstall iptables"),
+        ("upgrade-iptables", APT + "install " + " ".join("/root/" + os.path.basename(d) for d in bumped_iptables())),
+        ("hand-choice-nft", "update-alternatives --set iptables /usr/sbin/iptables-nft"),
+        ("upgrade-shim-under-hand-choice", APT + "install /root/shim-%s.deb" % V2),
+        ("auto-again", "update-alternatives --auto iptables"),
+    ])
+    c = assert_no_call_lost(out)
+    report("iptables reinstalled and upgraded, a hand choice, the shim upgraded under it", c)
+    s = states(out)
+    for name in ("install-1", "reinstall-iptables", "upgrade-iptables"):
+        assert_installed(s[name], V1)
+        assert s[name]["alias"] == "/usr/sbin/iptables-legacy -> legacy (by symlink chain)", s[name]
+    assert s["reinstall-iptables"]["iptables"] == "ii 1.8.9-2", s
+    assert s["upgrade-iptables"]["iptables"] == "ii " + BUMPED, s
+    assert s["upgrade-iptables"]["record"] == s["install-1"]["record"], s
+    hand = s["hand-choice-nft"]
+    assert hand["alternative-iptables"] == "/usr/sbin/iptables-nft", hand
+    assert hand["alternative-ip6tables"] == LIBDIR + "/ip6tables", hand
+    upgraded = s["upgrade-shim-under-hand-choice"]
+    assert upgraded["alternative-iptables"] == "/usr/sbin/iptables-nft", upgraded
+    assert upgraded["status"] == "ii " + V2, upgraded
+    assert "iptables-shim: the alternatives are left as they are" in out, out
+    assert_installed(s["auto-again"], V2)
+    assert s["auto-again"]["record"] == s["install-1"]["record"], s
