@@ -87,13 +87,16 @@ def test_package_holds_the_tree_whole_and_depends_on_iptables(deb):
         assert re.fullmatch(r"libc6 \(>= 2\.\d+\), iptables", field("Depends")), field("Depends")
     listing = subprocess.run(["dpkg-deb", "-c", deb], stdout=subprocess.PIPE, check=True).stdout.decode()
     packaged = {l.split(None, 5)[5].split(" -> ")[0][1:].rstrip("/") for l in listing.splitlines()}
-    for d, dirs, files in os.walk(tree):
-        for name in dirs + files:
-            rel = os.path.relpath(os.path.join(d, name), tree)
-            assert LIBDIR + "/" + rel in packaged, rel
-    assert {p for p in packaged if p.startswith(LIBDIR + "/")} == {
-        LIBDIR + "/" + os.path.relpath(os.path.join(d, n), tree)
-        for d, dirs, files in os.walk(tree) for n in dirs + files}
+    # The tree whole in shipped/, and beside it the seven names, each a link through `current`
+    # (docs/packaging.md#upgrades).
+    shipped = LIBDIR + "/shipped"
+    names = sorted(n for n in os.listdir(tree) if os.path.islink(os.path.join(tree, n))) + ["iptables-shim"]
+    assert len(names) == 7, names
+    assert {p for p in packaged if p.startswith(LIBDIR + "/")} == {shipped} | {
+        shipped + "/" + os.path.relpath(os.path.join(d, n), tree)
+        for d, dirs, files in os.walk(tree) for n in dirs + files} | {LIBDIR + "/" + n for n in names}
+    for n in names:
+        assert "%s/%s -> current/%s" % (LIBDIR, n, n) in listing, n
     for unit in ("iptables-shim-doctor.service", "iptables-shim-doctor.timer"):
         assert "/lib/systemd/system/" + unit in packaged
     assert os.path.exists(os.path.join(os.path.dirname(deb), "iptables-shim_%s_%s.cdx.json" % (version, arch)))
@@ -125,7 +128,7 @@ def test_arm64_package(tmp_path):
     assert_lintian_clean(deb)
     x = str(tmp_path / "x")
     subprocess.run(["dpkg-deb", "-x", deb, x], check=True)
-    assert elf_machine(os.path.join(x, LIBDIR.lstrip("/"), "iptables-shim")) == 183
+    assert elf_machine(os.path.join(x, LIBDIR.lstrip("/"), "shipped", "iptables-shim")) == 183
     sbom = json.load(open(os.path.join(x, "usr", "share", "doc", "iptables-shim", "sbom.cdx.json")))
     machines = {p["value"] for c in sbom["components"] if c["type"] == "file" for p in c["properties"]}
     assert machines == {"aarch64"}, machines
@@ -220,8 +223,12 @@ APT = "DEBIAN_FRONTEND=noninteractive apt-get -y -q "
 
 
 def installed_alternatives(root):
-    out = root.ok("readlink -f /usr/sbin/iptables /usr/sbin/iptables-save /usr/sbin/ip6tables-restore")
-    assert out.split() == [LIBDIR + "/iptables-shim"] * 3, out
+    out = root.ok("readlink -f /usr/sbin/iptables /usr/sbin/iptables-save /usr/sbin/ip6tables-restore "
+                  "%s/iptables-shim; readlink %s/current" % (LIBDIR, LIBDIR))
+    # Through the package's own links and `current` into the versioned tree (docs/packaging.md#upgrades).
+    *real, current = out.split()
+    assert re.fullmatch(r"trees/[^/]+-[0-9a-f]{12}", current), out
+    assert real == ["%s/%s/iptables-shim" % (LIBDIR, current)] * 4, out
     return root.query()
 
 

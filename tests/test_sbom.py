@@ -158,4 +158,4 @@ def test_the_frozen_tree_and_the_package(tmp_path):
     x = str(tmp_path / "x")
     subprocess.run(["dpkg-deb", "-x", test_deb.built_deb(), x], check=True)
     packaged = json.load(open(os.path.join(x, "usr", "share", "doc", "iptables-shim", "sbom.cdx.json")))
-    assert listed_files(packaged, "/usr/lib/iptables-shim") == elves
+    assert listed_files(packaged, "/usr/lib/iptables-shim/shipped") == elves

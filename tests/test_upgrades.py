@@ -497,3 +497,41 @@ def test_iptables_reinstall_upgrade_and_a_hand_choice_lose_no_call(tmp_path):
     assert "iptables-shim: the alternatives are left as they are" in out, out
     assert_installed(s["auto-again"], V2)
     assert s["auto-again"]["record"] == s["install-1"]["record"], s
+
+
+# -- piuparts' checks, written out -----------------------------------------------------------------
+
+def test_maintainer_scripts_twice_and_every_file_owned_once(tmp_path):
+    """What piuparts checks beyond what test_deb does (every file back after remove and purge):
+    each maintainer script run a second time changes nothing and fails nothing; every file of the
+    package is owned by it alone, and what the scripts make (trees/, current) by no package."""
+    root = make_root(tmp_path, debs())
+    root.ok(APT + "install /root/shim-%s.deb" % V1)
+    snap = "ls -lR --time-style=+ %s; update-alternatives --query iptables; update-alternatives --query " \
+           "ip6tables; cat /var/lib/iptables-shim/alternatives" % LIBDIR
+    installed = root.ok(snap)
+    info = "/var/lib/dpkg/info/iptables-shim."
+    # Twice each, as dpkg may run them after an interruption; the state is the installed one after.
+    for script in ("preinst upgrade %s" % V1, "postinst configure %s" % V1):
+        for _ in range(2):
+            root.ok(info + script)
+        assert root.ok(snap) == installed, script
+    # prerm and postrm remove twice, then configure again: back to the installed state.
+    for _ in range(2):
+        root.ok(info + "prerm remove")
+    assert LIBDIR not in root.ok("update-alternatives --query iptables"), "prerm left the shim registered"
+    assert root.ok("ls %s" % LIBDIR).split() == sorted(
+        ["shipped", "iptables-shim", "iptables", "iptables-save", "iptables-restore", "ip6tables",
+         "ip6tables-save", "ip6tables-restore"]), "prerm left a tree"
+    for _ in range(2):
+        root.ok(info + "postrm remove")
+    root.ok(info + "postinst configure %s" % V1)
+    again = root.ok(snap)
+    assert again.replace(" ", "") == installed.replace(" ", ""), (installed, again)
+    # Owned once: every path the package lists, by this package alone.
+    owners = root.ok("dpkg-query -L iptables-shim | while read -r p; do [ -d \"$p\" ] && continue; "
+                     "dpkg-query -S \"$p\"; done")
+    lines = owners.splitlines()
+    assert lines and all(l.startswith("iptables-shim: ") for l in lines), [l for l in lines if not l.startswith("iptables-shim: ")]
+    rc, out, err = root.run("dpkg-query -S %s/current %s/trees" % (LIBDIR, LIBDIR))
+    assert rc != 0 and "no path found" in err, (rc, out, err)

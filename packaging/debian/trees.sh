@@ -36,7 +36,7 @@ trees_switch() {
 # The ID of the shipped tree: the package's version, and a digest of the files dpkg recorded for
 # it (a reinstall of the same bytes keeps its tree; a rebuild under the same version gets another).
 trees_id() {
-    digest=$(grep " usr/lib/iptables-shim/shipped/" /var/lib/dpkg/info/iptables-shim.md5sums | md5sum)
+    digest=$(dpkg-query --control-show iptables-shim md5sums | grep " usr/lib/iptables-shim/shipped/" | md5sum)
     echo "@VERSION@-$(echo "$digest" | cut -c1-12)"
 }
 
