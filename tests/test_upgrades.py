@@ -109,7 +109,9 @@ if [ "$mode" = epoch ] || [ "$mode" = epoch-once ]; then
         legacy|nft) iptables-$seed -A FORWARD -s 192.0.2.250 -j DROP &&
             ip6tables-$seed -A FORWARD -s 2001:db8:ffff::1 -j DROP ;;
     esac
-    case $seed in nft) want=nft ;; *) want=legacy ;; esac  # empty: the recorded default alias
+    # Where the shim puts a call: the netns's own backend (empty: the recorded default alias), or
+    # for a caller in the host's own context, the default alias (WANT).
+    case $seed in nft) want=${WANT:-nft} ;; *) want=${WANT:-legacy} ;; esac
     while [ ! -e /tmp/stop ] && shim_in_force && round; do
         [ "$mode" = epoch-once ] && break
     done
@@ -128,7 +130,7 @@ echo "COUNTS $name calls=0 failed=0 misplaced=0 netns=$epochs"
 # The driver: the loops, then the steps ($STEPS), each followed by `state` (what the
 # alternatives, the trees and the cache are after it), then stop and collect.
 DRIVER = r"""
-cp /opt/loop-body.sh /tmp/loop.sh
+cp "${LOOP_BODY:-/opt/loop-body.sh}" /tmp/loop.sh
 rm -f /tmp/stop
 i=0
 for seed in legacy nft empty; do
@@ -148,7 +150,9 @@ state() {
     echo "cache $(ls /run/iptables-shim 2>/dev/null | wc -l)"
     echo "status $(dpkg-query -W -f '${db:Status-Abbrev}${Version}' iptables-shim 2>/dev/null || echo none)"
     echo "iptables $(dpkg-query -W -f '${db:Status-Abbrev}${Version}' iptables)"
-    echo "alias $(unshare -n $LIBDIR/iptables-shim explain 2>&1 | sed -n 's/^default alias: *//p')"
+    unshare -n $LIBDIR/iptables-shim explain >/tmp/explain 2>&1
+    echo "alias $(sed -n 's/^default alias: *//p' /tmp/explain)"
+    echo "route $(sed -n 's/^route: *//p' /tmp/explain)"
     echo "END"
 }
 step() {
@@ -195,7 +199,8 @@ def shq(s):
 
 # -- the packages -----------------------------------------------------------------------------------
 
-_DEBS = {}
+_DEBS = {}  # {version: the shim's package}
+_BUILT = {}  # the other packages: "without-trees", "iptables"
 
 
 # dpkg renames the unpacked files into place in archive order: shim/__init__.pyc, 30 files before
@@ -255,7 +260,7 @@ WITHOUT_TREES = """trees_make() {
 
 
 def mutated(packages):
-    if "mutated" not in _DEBS:
+    if "without-trees" not in _BUILT:
         ws = test_deb.workspace()
         out = os.path.join(ws.root, "deb", "upgrades-without-trees")
         shutil.rmtree(out, ignore_errors=True)
@@ -273,8 +278,8 @@ def mutated(packages):
             result[version] = os.path.join(out, "without-trees-%s.deb" % version)
             subprocess.run(["dpkg-deb", "--root-owner-group", "-b", x, result[version]], check=True,
                            stdout=subprocess.DEVNULL)
-        _DEBS["mutated"] = result
-    return _DEBS["mutated"]
+        _BUILT["without-trees"] = result
+    return _BUILT["without-trees"]
 
 
 def make_root(tmp_path, packages):
@@ -441,7 +446,7 @@ BUMPED = "1.8.9-2+shimtest1"
 def bumped_iptables():
     """Debian's own iptables and the three libraries it depends on exactly, as the root's apt
     cache has them, rebuilt with dpkg-deb -R / -b under a higher version (what an upgrade brings)."""
-    if "iptables" not in _DEBS:
+    if "iptables" not in _BUILT:
         base, tree, fresh = alt._tree()
         archives = os.path.join(tree, "var", "cache", "apt", "archives")
         out = os.path.join(test_deb.workspace().root, "deb", "iptables-bumped")
@@ -459,8 +464,8 @@ def bumped_iptables():
             open(control, "w").write(text)
             made.append(os.path.join(out, "%s_%s_amd64.deb" % (package, BUMPED)))
             subprocess.run(["dpkg-deb", "--root-owner-group", "-b", x, made[-1]], check=True, stdout=subprocess.DEVNULL)
-        _DEBS["iptables"] = made
-    return _DEBS["iptables"]
+        _BUILT["iptables"] = made
+    return _BUILT["iptables"]
 
 
 def test_iptables_reinstall_upgrade_and_a_hand_choice_lose_no_call(tmp_path):
@@ -535,3 +540,47 @@ def test_maintainer_scripts_twice_and_every_file_owned_once(tmp_path):
     assert lines and all(l.startswith("iptables-shim: ") for l in lines), [l for l in lines if not l.startswith("iptables-shim: ")]
     rc, out, err = root.run("dpkg-query -S %s/current %s/trees" % (LIBDIR, LIBDIR))
     assert rc != 0 and "no path found" in err, (rc, out, err)
+
+
+
+# -- host context: in a VM ------------------------------------------------------------------------
+
+def test_host_context_upgrades_lose_no_call():
+    """The loops as the host's own callers (a chroot is never the host's context): in the bookworm
+    VM of tests/vm.py (Debian's 6.1 kernel, its dpkg), PID 1's root, where the shim answers with
+    the recorded default alias (legacy, step 2), in C for every call. 1 -> 2 -> 1, remove, install."""
+    import vm
+
+    share = os.path.join(test_deb.workspace().root, "deb", "upgrades-vm")
+    shutil.rmtree(share, ignore_errors=True)
+    os.makedirs(share)
+    for version, deb in debs().items():
+        shutil.copy(deb, os.path.join(share, "shim-%s.deb" % version))
+    with open(os.path.join(share, "loop-body.sh"), "w") as f:
+        f.write(LOOP)
+    pairs = [
+        ("install-1", "dpkg -i /mnt/debs/shim-%s.deb" % V1),
+        ("upgrade-1-2", "dpkg -i /mnt/debs/shim-%s.deb" % V2),
+        ("downgrade-2-1", "dpkg -i /mnt/debs/shim-%s.deb" % V1),
+        ("remove", "dpkg -r iptables-shim"),
+        ("install-2", "dpkg -i /mnt/debs/shim-%s.deb" % V2),
+    ]
+    script = ("update-alternatives --set iptables /usr/sbin/iptables-legacy >/dev/null\n"
+              "update-alternatives --set ip6tables /usr/sbin/ip6tables-legacy >/dev/null\n"
+              "export LOOP_BODY=/mnt/debs/loop-body.sh WANT=legacy\n"
+              + DRIVER.replace("$STEPS", steps(*pairs)))
+    rc, out = vm.vms().run("bookworm", script, shares={"debs": share}, timeout=1500)
+    assert rc == 0, out[-6000:]
+    c = assert_no_call_lost(out, min_calls=4)
+    report("host context (bookworm VM): 1 -> 2 -> 1, remove, install", c)
+    s = states(out)
+    assert_installed(s["install-1"], V1)
+    assert_installed(s["upgrade-1-2"], V2)
+    assert_installed(s["downgrade-2-1"], V1)
+    assert_installed(s["install-2"], V2)
+    for fam in ("iptables", "ip6tables"):
+        assert s["remove"]["alternative-" + fam] == "/usr/sbin/%s-legacy" % fam, s["remove"]
+    # The host's own calls are the C route's (step 2, from the recorded alias), through every step.
+    for name in ("install-1", "upgrade-1-2", "downgrade-2-1", "install-2"):
+        assert s[name]["route"].startswith("launcher"), s[name]
+        assert s[name]["alias"] == "/usr/sbin/iptables-legacy -> legacy (by symlink chain)", s[name]
