@@ -88,6 +88,21 @@ class Decision(object):
         return "Decision(%r, step %d: %s)" % (self.backend, self.step, self.reason)
 
 
+class MissingVariant(ShimError):
+    """The fix is to get a backend's binaries into the image: the line is `head + fix + tail`,
+    `fix` the generic words until worded() puts them in the image's distribution's words
+    (shim.facts.distribution.fix_words, read only on this error path: shim.resolve)."""
+
+    def __init__(self, head, fix, tail, backend, family=None):
+        self.head, self.fix, self.tail = head, fix, tail
+        self.backend, self.family = backend, family
+        ShimError.__init__(self, head + fix + tail)
+
+    def worded(self, words):
+        """The line with `words` (None: the generic words) as the fix."""
+        return self.head + (words or self.fix) + self.tail
+
+
 class Undecided(ShimError):
     """The answer depends on facts that could not be read."""
 
@@ -163,11 +178,12 @@ def _decide(facts):
     stranded = [b for b in BACKENDS if facts.binaries.get(b) or alias == b]
     if stranded:
         other = NFT if stranded[0] == LEGACY else LEGACY
-        raise ShimError(
-            "this kernel cannot run %s (%s), the only iptables backend on PATH: install the %s "
-            "variant of iptables (iptables-%s), or load the kernel's %s support"
-            % (" or ".join(stranded), kernel_support_words(stranded[0]), other, other,
-               " / ".join(stranded))
+        raise MissingVariant(
+            "this kernel cannot run %s (%s), the only iptables backend on PATH: "
+            % (" or ".join(stranded), kernel_support_words(stranded[0])),
+            "install the %s variant of iptables (iptables-%s)" % (other, other),
+            ", or load the kernel's %s support" % " / ".join(stranded),
+            other,
         )
     raise ShimError(
         "no iptables binaries on PATH (looked for iptables-nft*, iptables-legacy*, iptables): "
@@ -193,8 +209,10 @@ def choose_binary(decision, wanted, variant_path, alias_path, alias_backend):
     if alias_path and alias_backend == decision.backend:
         return alias_path
     alias_note = " (the default alias runs %s)" % (alias_backend or "an unknown backend") if alias_path else ""
-    raise ShimError(
-        "chose %s (step %d: %s) but %s is not on PATH%s: install the %s variant of iptables, "
-        "or set IPTABLES_SHIM_MODE=nft|legacy if the choice is wrong"
-        % (decision.backend, decision.step, decision.reason, wanted, alias_note, decision.backend)
+    raise MissingVariant(
+        "chose %s (step %d: %s) but %s is not on PATH%s: "
+        % (decision.backend, decision.step, decision.reason, wanted, alias_note),
+        "install the %s variant of iptables" % decision.backend,
+        ", or set IPTABLES_SHIM_MODE=nft|legacy if the choice is wrong",
+        decision.backend, wanted.partition("-")[0],
     )

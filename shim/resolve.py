@@ -23,7 +23,8 @@ from shim.config import CACHE, CACHE_DIR, CONTEXT, MODE
 from shim.errors import ShimError
 from shim.facts import netns
 from shim.facts.binaries import alias_backend, find_on_path, identity
-from shim.policy import CACHEABLE_STEPS, NO_PRIVILEGE_STEP, Decision, Facts, Undecided, choose_binary, decide, override
+from shim.policy import (CACHEABLE_STEPS, NO_PRIVILEGE_STEP, Decision, Facts, MissingVariant, Undecided, choose_binary,
+                         decide, override)
 from shim.tools import BACKENDS, FAMILIES, SHIM_NAMES, TOOL_SUFFIXES, all_variant_names, split_name, variant_name
 
 # How an answer was reached, in the log line (the frozen launcher's C route spells these too).
@@ -153,9 +154,20 @@ def resolve(name, settings, shim_path, consult_cache=True, gather_all=False, pro
         _choose(r, shim_path)
         r.store = _what_to_store(r)
     except ShimError as e:
-        r.error = str(e)
+        r.error = in_the_images_words(e)
         r.binary = None
     return r
+
+
+def in_the_images_words(error, root="/"):
+    """The error's one line; where the fix is to get a variant's binaries (MissingVariant), in the
+    words of the distribution whose os-release the caller's root holds. The os-release is read
+    here only, on the way to a refusal: never on a call that runs something."""
+    if not isinstance(error, MissingVariant):
+        return str(error)
+    from shim.facts import distribution
+
+    return error.worded(distribution.fix_words(distribution.read(root), error.backend, error.family))
 
 
 def with_recorded_aliases(found, shim_ids):

@@ -130,3 +130,40 @@ def test_garbage_arguments_fail_in_the_real_binary_not_the_shim(netns, cache_dir
         assert (shimmed.returncode, shimmed.stdout, shimmed.stderr) == (direct.returncode, direct.stdout, direct.stderr), what
         assert not shimmed.stderr.startswith(b"iptables-shim:")
         assert netns.snapshot() == before, what
+
+
+# The image's os-release, and the words its refusal must carry (docs/decision.md#errors-in-the-images-words).
+OS_RELEASES = {
+    "alpine": ('NAME="Alpine Linux"\nID=alpine\nVERSION_ID=3.21.3\nPRETTY_NAME="Alpine Linux v3.21"\n',
+               ": apk add iptables-legacy (Alpine 3.19+ ships legacy apart from iptables"),
+    "rhel": ('NAME="Red Hat Enterprise Linux"\nID="rhel"\nID_LIKE="fedora"\nVERSION_ID="9.5"\n'
+             'PRETTY_NAME="Red Hat Enterprise Linux 9.5 (Plow)"\n',
+             ": Red Hat Enterprise Linux ships no legacy iptables (only EPEL's iptables-legacy: enable EPEL, "
+             "then dnf install iptables-legacy), or move the writer to nf_tables, or set IPTABLES_SHIM_MODE"),
+    "no os-release": (None, ": install the legacy variant of iptables, or set IPTABLES_SHIM_MODE"),
+}
+
+
+@pytest.mark.parametrize("image", sorted(OS_RELEASES))
+def test_a_missing_variant_is_named_in_the_images_words(netns, make_chroot, image):
+    """A container whose image ships only nft, in a pod netns that holds a legacy rule: the shim
+    chooses legacy and refuses, naming the fix as the image's distribution says it (read from the
+    container's own /etc/os-release). Without one (the stand-in's /usr/lib is the host's, so its
+    os-release is masked too) the words are the generic ones. One line, exit 127, nothing written."""
+    text, words = OS_RELEASES[image]
+    container = make_chroot(("nft",), "nft")
+    if text is not None:
+        with open(os.path.join(container.root, "etc", "os-release"), "w") as f:
+            f.write(text)
+    netns.ok("iptables-legacy -A FORWARD -s 203.0.113.1 -j DROP")
+    before = netns.snapshot()
+    cmd = ["iptables"] + ADD
+    if text is None:
+        cmd = ["/bin/sh", "-c", '/usr/bin/mount --bind /dev/null /usr/lib/os-release && exec "$@"', "sh"] + cmd
+    proc = container.run(cmd, netns=netns, IPTABLES_SHIM_CACHE="off")
+    line = shim_error_line(proc)
+    assert "chose legacy (step 5: legacy holds rules) but iptables-legacy is not on PATH" in line, line
+    assert words in line, line
+    if text is not None:
+        assert "variant of iptables" not in line
+    assert netns.snapshot() == before

@@ -10,7 +10,8 @@ from conftest import BIN, shim_env
 # Modules a cache hit must never load: os and what it drags in (about a millisecond), the cold
 # path (facts gathering, kernel probes, the policy's inputs) and process spawning.
 COLD_ONLY = {"os", "posixpath", "_collections_abc", "subprocess", "shim.gather", "shim.facts.rules",
-             "shim.facts.nft_kernel", "shim.facts.legacy_kernel", "shim.cli", "json"}
+             "shim.facts.nft_kernel", "shim.facts.legacy_kernel", "shim.cli", "json",
+             "shim.facts.distribution"}  # the os-release: read on the way to a refusal only
 
 
 def imported_modules(netns, env, argv):
