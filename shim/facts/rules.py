@@ -17,6 +17,7 @@ from shim.facts.legacy_kernel import legacy_tables
 from shim.facts.xtables import HINT_CHAINS, HINT_TABLE, XTABLES, Unavailable, WouldLoadModule
 
 INCOMPATIBLE = ("# Table `", "' is incompatible")  # iptables-nft-save's line for an unreadable table
+HIDDEN_BASE_CHAINS = "' contains incompatible base-chains"  # 1.8.9+: base chains it does not list
 KERNEL_PROBES = {"nft": (nft_kernel.probe, nft_kernel.SOURCE),
                  "legacy": (legacy_kernel.probe, legacy_kernel.SOURCE)}
 
@@ -37,16 +38,26 @@ class BackendState(object):
 
 def parse_save(lines):
     """(has_rules, has_hint) from `*-save` output lines. Only `-A` counts as a rule; chain
-    declarations, policies and empty tables do not."""
+    declarations, policies and empty tables do not. has_rules is None (cannot be told from this
+    output) where an xtables table holds base chains iptables-nft-save does not list and no `-A`
+    was seen: their rules are in the kernel, and out of sight (docs/decision.md#native-nf_tables-tables)."""
     table = None
     has_rules = has_hint = False
+    hidden = False
     for line in lines:
         if line.startswith(INCOMPATIBLE[0]) and INCOMPATIBLE[1] in line:
             # An older iptables-nft-save (1.8.7) cannot parse what a newer one wrote (e.g. a
             # `--dport 80:90` from 1.8.9) and prints this instead of the table: the rules are
             # there all the same, and must count, or a bullseye image would pick the other backend.
-            if line[len(INCOMPATIBLE[0]):].split("'", 1)[0] in XTABLES:
+            if _quoted_table(line) in XTABLES:
                 has_rules = True
+        elif line.startswith(INCOMPATIBLE[0]) and HIDDEN_BASE_CHAINS in line:
+            # iptables-nft-save 1.8.9+: the table also holds base chains not named like iptables'
+            # (`nft add chain ip filter input { type filter hook input ... }`, written by nft, not
+            # by iptables-nft). It lists the rest of the table and hides those chains: whether they
+            # hold a rule, this output cannot say. The kernel probe sees them (a rule there counts).
+            if _quoted_table(line) in XTABLES:
+                hidden = True
         elif line.startswith("*"):
             table = line[1:].strip()
         elif table not in XTABLES:
@@ -56,7 +67,19 @@ def parse_save(lines):
         elif line.startswith(":") and table == HINT_TABLE:
             if line[1:].split(" ", 1)[0] in HINT_CHAINS:
                 has_hint = True
-    return has_rules, has_hint
+    return (has_rules or (None if hidden else False)), has_hint
+
+
+def _quoted_table(line):
+    """The table name of iptables-nft-save's "# Table `NAME' ..." comment."""
+    return line[len(INCOMPATIBLE[0]):].split("'", 1)[0]
+
+
+def any_of(values):
+    """True if any value is True; else None if any is None (unknown); else False."""
+    if True in values:
+        return True
+    return None if None in values else False
 
 
 def run_save(path):
@@ -77,8 +100,8 @@ def run_save(path):
 
 def save_probe(backend, save_paths, proc="/proc"):
     """BackendState for `backend` from its save binaries, {family: path or None}."""
-    rules = hint = False
-    unread = []
+    rules, hint = [], []  # per family read: True, False or None
+    unread, hidden = [], []
     for family in ("iptables", "ip6tables"):
         if backend == "legacy":
             tables = _listed(family, proc)
@@ -93,13 +116,19 @@ def save_probe(backend, save_paths, proc="/proc"):
             unread.append("%s-%s-save" % (family, backend))
             continue
         family_rules, family_hint = parse_save(lines)
-        rules = rules or family_rules
-        hint = hint or family_hint
+        rules.append(family_rules)
+        hint.append(family_hint)
+        if family_rules is None:
+            hidden.append("%s-%s-save" % (family, backend))
+    notes = []
     if unread:
         # What could be read may already answer; what could not leaves the fact open.
-        source = "save (unread: %s)" % ", ".join(unread)
-        return BackendState(rules or None, hint or None, source)
-    return BackendState(rules, hint, "save")
+        rules.append(None)
+        hint.append(None)
+        notes.append("unread: %s" % ", ".join(unread))
+    if hidden:
+        notes.append("base chains not listed by %s" % ", ".join(hidden))
+    return BackendState(any_of(rules), any_of(hint), "save (%s)" % "; ".join(notes) if notes else "save")
 
 
 def backend_state(backend, save_paths, proc="/proc", kernel_probe=None):
