@@ -142,13 +142,28 @@ def path_warning(directory, target, path_env):
     entries = [e for e in (path_env or "").split(":") if e.startswith("/")]
     ids = [_identity(e) for e in entries]
     if want not in ids:
+        instead = _usable_dir(entries, ids, own)
         return ("%s is not on this PATH (%s), under any name: calls of iptables will not reach the shim; "
-                "add it to PATH before the directory of the real iptables" % (directory, path_env))
+                "%sadd it to PATH before the directory of the real iptables"
+                % (directory, path_env, "install into %s instead, or " % instead if instead else ""))
     for entry in entries[:ids.index(want)]:
         found = os.path.join(entry, "iptables")
         if _identity(found) not in (None, own) and os.path.isfile(found) and os.access(found, os.X_OK):
             return ("%s comes before %s on this PATH (%s): calls of iptables run it, not the shim; put %s "
                     "first on PATH" % (found, directory, path_env, directory))
+    return None
+
+
+def _usable_dir(entries, ids, own):
+    """The first existing PATH directory that install would accept and that comes before any real
+    iptables (Fedora 42's /usr/local/bin, when /usr/local/sbin is off PATH); None if there is none."""
+    system = set(_identity(d) for d in SYSTEM_DIRS) - {None}
+    for entry, entry_id in zip(entries, ids):
+        if entry_id is not None and entry_id not in system and os.path.isdir(entry):
+            return entry
+        found = os.path.join(entry, "iptables")
+        if _identity(found) not in (None, own) and os.path.isfile(found) and os.access(found, os.X_OK):
+            return None
     return None
 
 

@@ -284,12 +284,17 @@ def test_a_dangling_link_as_the_directory_is_refused_not_followed(make_root):
     # A /usr/local/sbin of its own (a root from before the merge) on that PATH: never searched.
     ("fedora", True, "/usr/local/bin:/usr/bin",
      "/usr/local/sbin is not on this PATH (/usr/local/bin:/usr/bin), under any name: calls of iptables will "
-     "not reach the shim; add it to PATH before the directory of the real iptables"),
+     "not reach the shim; install into /usr/local/bin instead, or add it to PATH before the directory of the "
+     "real iptables"),
+    # No PATH directory but the distribution's own: nothing to name instead.
+    ("fedora", True, "/usr/bin",
+     "/usr/local/sbin is not on this PATH (/usr/bin), under any name: calls of iptables will not reach the shim; "
+     "add it to PATH before the directory of the real iptables"),
     # The real iptables first: /sbin is /usr/sbin, and it comes before.
     ("debian", False, "/sbin:/usr/bin:/usr/local/sbin",
      "/sbin/iptables comes before /usr/local/sbin on this PATH (/sbin:/usr/bin:/usr/local/sbin): calls of "
      "iptables run it, not the shim; put /usr/local/sbin first on PATH"),
-], ids=["fedora-42", "arch", "fedora-own-local-sbin", "debian-sbin-first"])
+], ids=["fedora-42", "arch", "fedora-own-local-sbin", "fedora-own-local-sbin-no-other", "debian-sbin-first"])
 def test_install_says_when_calls_on_this_path_would_miss_the_shim(make_root, layout, sbin_dir, path, warning):
     """Judged by directory identity, as the shim's own PATH search judges shims: a directory on PATH
     under another name counts; one that is not, or comes after the real iptables, is named."""
