@@ -140,6 +140,8 @@ LAYOUTS = {
                          via="alternatives", install=None, shell=False),
 }
 NAMES = sorted(LAYOUTS)
+# What the refusal tells an nft-only image to do about the legacy rules its netns holds.
+REFUSAL_WORDS = {"alpine": "apk add iptables-legacy", "ubi9": "ships no legacy iptables"}
 BOTH = [n for n in NAMES if not LAYOUTS[n].nft_only]
 NFT_ONLY = [n for n in NAMES if LAYOUTS[n].nft_only]
 
@@ -362,9 +364,10 @@ def test_legacy_rules_present(roots, name, netns):
     seed(netns, "iptables-legacy " + SEED)
     if root.layout.nft_only:
         before = netns.snapshot()
-        # The shim's own refusal: exit 127, nothing on stdout, one `iptables-shim: ` line (its
-        # words, which name the distribution's fix, are tests/test_errors.py's to check).
-        shim_error_line(root.run(WRITE4, netns))
+        # The shim's own refusal: exit 127, nothing on stdout, one `iptables-shim: ` line naming
+        # the fix in this image's words, from its own /etc/os-release (docs/decision.md).
+        line = shim_error_line(root.run(WRITE4, netns))
+        assert REFUSAL_WORDS[name] in line, line
         assert netns.snapshot() == before and netns.rules("legacy") == [SEED], "a refused call wrote"
         return
     root.ok(WRITE4, netns)
