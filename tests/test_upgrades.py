@@ -146,7 +146,7 @@ state() {
     echo "trees $(ls $LIBDIR/trees 2>/dev/null | tr '\n' ' ')"
     echo "shipped $(ls $LIBDIR/shipped 2>/dev/null | tr '\n' ' ')"
     echo "libdir $(ls $LIBDIR 2>/dev/null | tr '\n' ' ')"
-    echo "record $(tr '\n' ' ' </var/lib/iptables-shim/alternatives 2>/dev/null || echo none)"
+    echo "record $(tr '\n' ' ' 2>/dev/null </var/lib/iptables-shim/alternatives || echo none)"
     echo "cache $(ls /run/iptables-shim 2>/dev/null | wc -l)"
     echo "status $(dpkg-query -W -f '${db:Status-Abbrev}${Version}' iptables-shim 2>/dev/null || echo none)"
     echo "iptables $(dpkg-query -W -f '${db:Status-Abbrev}${Version}' iptables)"
