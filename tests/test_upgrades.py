@@ -272,7 +272,7 @@ def mutated(packages):
             for script in ("preinst", "postinst", "prerm", "postrm"):
                 path = os.path.join(x, "DEBIAN", script)
                 text, n = re.subn(r"(?ms)^trees_make\(\) \{$.*?^\}$", WITHOUT_TREES, open(path).read())
-                assert n == (script in ("preinst", "postinst", "prerm")), script
+                assert n == 1, script
                 with open(path, "w") as f:
                     f.write(text)
             result[version] = os.path.join(out, "without-trees-%s.deb" % version)
@@ -392,7 +392,8 @@ while time.monotonic() < deadline:
         pass
 PY
 wait $pid || true
-cmp -s /usr/lib/iptables-shim/shipped/lib/%sc /usr/lib/iptables-shim/current/lib/%sc && echo "provider unchanged"
+# Whether the kill came before the provider's rename (the last command: its status is the step's).
+if cmp -s /usr/lib/iptables-shim/shipped/lib/%sc /usr/lib/iptables-shim/current/lib/%sc; then echo "provider unchanged"; fi
 """ % (V2, UPGRADE_IMPORTER, UPGRADE_PROVIDER, UPGRADE_PROVIDER)
 
 
@@ -415,8 +416,8 @@ def test_dpkg_killed_mid_unpack_then_configure_a_loses_no_call(root):
     assert "killed dpkg" in out, out
     s = states(out)
     killed = s["killed-1-2"]
-    assert killed["status"].startswith(("iH", "iU", "iF")) or killed["status"].startswith("i"), killed
-    assert killed["status"] != "ii " + V1 and killed["status"] != "ii " + V2, killed
+    # dpkg's record of an unpack it did not finish: half-installed, reinstall required.
+    assert killed["status"].startswith("iHR"), killed
     assert killed["current"] == s["install-1"]["current"], (killed, s["install-1"])
     assert_installed(s["again-2"], V2)
 
