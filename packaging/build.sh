@@ -41,10 +41,13 @@ print(" ".join(sorted(SHIM_NAMES)))' "$REPO")"
 # schemes, ...): not ours. The security and crash fixes are.
 PATCHES='^(CVE-.*|.*gh-[0-9]+.*|shutdown-deadlock\.diff|frame_dealloc-crash\.diff|relfile-nullptr-dereference\.patch)$'
 
-UNUSED_MODULES="_decimal pyexpat _elementtree _codecs_cn _codecs_hk _codecs_iso2022 _codecs_jp _codecs_kr
-_codecs_tw _multibytecodec audioop ossaudiodev _lsprof _xxsubinterpreters xxsubtype cmath _statistics
-_zoneinfo _asyncio _crypt spwd _posixshmem _multiprocessing xxlimited xxlimited_35 _ctypes_test
-_testbuffer _testimportmultiple _testmultiphase _testinternalcapi _testcapi _testclinic"
+# The C modules of the standard library built in: those the frozen modules import (freeze.py fails
+# the build when the shim imports one that is missing here). The rest of Modules/Setup.stdlib is not
+# built (unicodedata alone was 1.1 MB): docs/images.md#one-file.
+BUILTIN_MODULES="_json _posixsubprocess _socket _struct fcntl math select zlib"
+# Size without speed lost: measured in docs/images.md#one-file.
+OPT_CFLAGS="-Os -fno-asynchronous-unwind-tables -fno-unwind-tables -ffunction-sections -fdata-sections"
+OPT_LDFLAGS="-Wl,--gc-sections"
 
 say() { echo "build.sh: $*" >&2; }
 die() { echo "build.sh: $*" >&2; exit 1; }
@@ -103,19 +106,25 @@ ensure_sources() {
 source_version() { sed -n 's/^Version: //p' "$CACHE/src/$1_"*.dsc | head -1; }
 source_file() { ls "$CACHE/src/$1_"*"$2" | head -1; }
 
-# build_python ARCH: the static interpreter in $CACHE/python-ARCH/ (python and Lib/), made again
-# when any of its inputs changes (the stamp).
+# python_key ARCH: the interpreter's recipe (this script's functions, lists and flags, the sources'
+# versions and the builtin module): its directory in the cache, so that two recipes (two checkouts,
+# or a branch and main) never rebuild over each other. An edit of the launcher's main or route
+# relinks (link_launcher, seconds); an edit of shim/ refreezes the modules (seconds).
+python_key() {
+    echo "$1 $ZIG_VERSION $(source_version $PYTHON_SOURCE) $(source_version $ZLIB_SOURCE) $(
+        { cat "$REPO/packaging/launcher/shimsys.c"; declare -f build_python toolchain
+          echo "$PATCHES $BUILTIN_MODULES $OPT_CFLAGS $OPT_LDFLAGS"; } | sha256sum | cut -c1-16)" |
+        sha256sum | cut -c1-16
+}
+
+# build_python ARCH: the static interpreter in $CACHE/python-ARCH-KEY/ (libpython.a, its headers,
+# Lib/, the names it freezes and builds in), made once per recipe.
 build_python() {
     local arch=$1 t bin work stamp key deps
     t=$(triple "$arch")
-    work=$CACHE/python-$arch
+    work=$CACHE/python-$arch-$(python_key "$arch")
     stamp=$work/.stamp
-    # The recipe is this function, its lists and the builtin module: an edit of the launcher's
-    # main or route relinks it (link_launcher, seconds), an edit elsewhere rebuilds lib/ only.
-    key="$ZIG_VERSION $(source_version $PYTHON_SOURCE) $(source_version $ZLIB_SOURCE) $(
-        { cat "$REPO/packaging/launcher/shimsys.c"; declare -f build_python toolchain; echo "$PATCHES $UNUSED_MODULES"; } |
-        sha256sum | cut -c1-16)"
-    [ "$(cat "$stamp" 2>/dev/null)" = "$key" ] && [ -f "$work/libpython.a" ] && return 0
+    [ -f "$stamp" ] && [ -f "$work/libpython.a" ] && return 0
     local t0=$SECONDS
     bin=$(toolchain "$t")
     rm -rf "$work"
@@ -124,7 +133,7 @@ build_python() {
     say "building zlib for $t"
     mkdir -p "$work/zlib"
     tar -xjf "$(source_file $ZLIB_SOURCE .orig.tar.bz2)" -C "$work/zlib" --strip-components=1
-    (cd "$work/zlib" && CC="$bin/cc" AR="$bin/ar" RANLIB="$bin/ranlib" CFLAGS="-O2 -fPIC" \
+    (cd "$work/zlib" && CC="$bin/cc" AR="$bin/ar" RANLIB="$bin/ranlib" CFLAGS="$OPT_CFLAGS -fPIC -ffile-prefix-map=$work=." \
         ./configure --static --prefix="$deps" && make -j"$JOBS" libz.a && make install) \
         >"$work/zlib.log" 2>&1 || die "zlib build failed, see $work/zlib.log"
 
@@ -139,14 +148,23 @@ build_python() {
         echo "$p" >>"$work/patches-applied"
     done
     cp "$REPO/packaging/launcher/shimsys.c" "$py/Modules/_iptables_shim.c"
-    # Built in: the standard library's modules (below), and the shim's own; not built: what no
-    # module of lib/ imports (decimal, XML, the CJK codecs, audio, profiling, subinterpreters).
-    printf '*static*\n_iptables_shim _iptables_shim.c\n*disabled*\n%s\n' "$UNUSED_MODULES" >"$py/Modules/Setup.local"
+    # Built in: the shim's own module and BUILTIN_MODULES; every other module of Setup.stdlib is
+    # disabled. The build's date is the Python source's own (its Debian changelog), not today's:
+    # two builds of one recipe give the same bytes (docs/images.md#reproducible).
+    local unused date
+    unused=$(sed -n 's/^@MODULE_\([A-Z0-9_]*\)_TRUE@\([A-Za-z0-9_]*\).*/\2/p' "$py/Modules/Setup.stdlib.in" |
+        grep -vxF "$(echo $BUILTIN_MODULES | tr ' ' '\n')" | tr '\n' ' ')
+    printf '*static*\n_iptables_shim _iptables_shim.c\n*disabled*\n%s\n' "$unused" >"$py/Modules/Setup.local"
+    date=$(dpkg-parsechangelog -l "$work/debian/debian/changelog" -STimestamp)
+    sed -i "s/^#define DATE __DATE__/#define DATE \"$(LC_ALL=C date -u -d "@$date" '+%b %e %Y')\"/;
+            s/^#define TIME __TIME__/#define TIME \"$(LC_ALL=C date -u -d "@$date" +%T)\"/" "$py/Modules/getbuildinfo.c"
+    grep -q "^#define DATE \"" "$py/Modules/getbuildinfo.c" || die "Modules/getbuildinfo.c: its DATE is not where build.sh sets it"
     # Cross-compiling: what configure cannot run a program to find out.
     printf 'ac_cv_file__dev_ptmx=yes\nac_cv_file__dev_ptc=no\nac_cv_buggy_getaddrinfo=no\n' >"$work/config.site"
     (cd "$py" && CONFIG_SITE="$work/config.site" MODULE_BUILDTYPE=static PKG_CONFIG=/bin/false \
         CC="$bin/cc" AR="$bin/ar" RANLIB="$bin/ranlib" READELF=/bin/true \
-        CFLAGS="-O2 -Wno-date-time" CPPFLAGS="-I$deps/include" LDFLAGS="-static -s -L$deps/lib" \
+        CFLAGS="$OPT_CFLAGS -ffile-prefix-map=$work=." CPPFLAGS="-I$deps/include" \
+        LDFLAGS="-static -s $OPT_LDFLAGS -L$deps/lib" \
         ZLIB_CFLAGS="-I$deps/include" ZLIB_LIBS="-L$deps/lib -lz" \
         ./configure --host="$t" --build="$(uname -m)-linux-gnu" --with-build-python="$BUILD_PYTHON" \
             --disable-shared --without-ensurepip --disable-test-modules --without-doc-strings \
@@ -161,89 +179,79 @@ build_python() {
             make -s -f Makefile -f - flags >"$work/link-flags") >"$work/cpython.log" 2>&1 ||
         die "CPython build failed, see $work/cpython.log"
     cp "$py/libpython3.11.a" "$work/libpython.a"
+    # What freeze.py must know: the modules the interpreter freezes itself (Python/frozen.c's
+    # stdlib table) and those built in (Modules/config.c's inittab).
+    sed -n '/stdlib_modules\[\] = {/,/^};/p' "$py/Python/frozen.c" | sed -n 's/^ *{"\([^"<]*\)".*/\1/p' >"$work/frozen-names"
+    sed -n 's/^ *{"\([A-Za-z0-9_]*\)", .*/\1/p' "$py/Modules/config.c" >"$work/builtin-names"
+    grep -qx os "$work/frozen-names" && grep -qx posix "$work/builtin-names" ||
+        die "Python/frozen.c or Modules/config.c: not where build.sh reads the frozen and builtin names"
     rm -rf "$work/include"
     cp -a "$py/Include" "$work/include"
     cp "$py/pyconfig.h" "$work/include/"
     rm -rf "$work/Lib"
     cp -a "$py/Lib" "$work/Lib"
     rm -rf "$py" "$work/zlib" "$work/debian"
-    echo "$key" >"$stamp"
+    touch "$stamp"
     say "CPython for $t built in $((SECONDS - t0)) s"
 }
 
-# link_launcher ARCH: the tree's executable, packaging/launcher/ (main.c, route.c and the header of
-# the shim's own names and texts, made from shim/ by settled_h.py) linked with the cached
-# interpreter: seconds, so a change to the C route never rebuilds CPython.
+# link_launcher ARCH OUT: the tree's executable, OUT/iptables-shim, and OUT/frozen-modules, the list
+# of what is frozen in: packaging/launcher/ (main.c, route.c and the header of the shim's own names
+# and texts, made from shim/ by settled_h.py) and the shim's modules frozen by freeze.py, linked
+# with the cached interpreter: seconds, so a change to shim/ or the C route never rebuilds CPython.
 link_launcher() {
-    local arch=$1 work=$CACHE/python-$1 bin out
+    local arch=$1 final=$2 work bin out
+    work=$CACHE/python-$arch-$(python_key "$arch")
     bin=$(toolchain "$(triple "$arch")")
-    out=$work/launcher
-    rm -rf "$out"
-    mkdir -p "$out"
+    out=$(mktemp -d "$CACHE/link-$arch.XXXXXX")
     "$BUILD_PYTHON" -I "$REPO/packaging/launcher/settled_h.py" "$REPO" >"$out/settled.h"
-    local flags="-O2 -Wall -Wextra -Werror -Wno-unused-parameter -std=gnu11 -I. -I$work/include"
+    # The bytecode: a fixed hash seed (sets and frozensets in constants keep one order).
+    PYTHONHASHSEED=0 "$BUILD_PYTHON" -I "$REPO/packaging/freeze.py" "$REPO" "$work/Lib" "$work/frozen-names" \
+        "$work/builtin-names" "$out/frozen.c" "$out/frozen-modules" >/dev/null ||
+        { rm -rf "$out"; die "freezing the shim's modules failed (packaging/freeze.py)"; }
+    local flags="$OPT_CFLAGS -Wall -Wextra -Werror -Wno-unused-parameter -std=gnu11 -I. -I$work/include -ffile-prefix-map=$out=."
     (cd "$out" &&
         # shellcheck disable=SC2086 # one word each
         "$bin/cc" $flags -c "$REPO/packaging/launcher/route.c" -o route.o &&
         "$bin/cc" $flags -c "$REPO/packaging/launcher/main.c" -o main.o &&
-        # shellcheck disable=SC2046 # make's flags, one word each
-        "$bin/cc" -static -s -o iptables-shim main.o route.o "$work/libpython.a" \
-            $(head -1 "$work/link-flags") -L"$work/deps/lib" $(tail -1 "$work/link-flags")) \
-        >"$work/launcher.log" 2>&1 || { cat "$work/launcher.log" >&2; die "linking the launcher failed"; }
+        "$bin/cc" $OPT_CFLAGS -I"$work/include" -c frozen.c -o frozen.o &&
+        # shellcheck disable=SC2046 # make's flags, one word each (-export-dynamic: nothing loads modules)
+        "$bin/cc" -static -s $OPT_LDFLAGS -o iptables-shim main.o route.o frozen.o "$work/libpython.a" \
+            $(head -1 "$work/link-flags" | sed 's/-Xlinker -export-dynamic//') -L"$work/deps/lib" $(tail -1 "$work/link-flags")) \
+        >"$out/launcher.log" 2>&1 || { cat "$out/launcher.log" >&2; rm -rf "$out"; die "linking the launcher failed"; }
+    mv "$out/iptables-shim" "$out/frozen-modules" "$final/"
+    rm -rf "$out"
 }
 
-# The standard library modules the shim and its entry import (modulefinder follows every import,
-# function-level ones included), compiled for -OO like the interpreter runs them; encodings whole,
-# since codecs are looked up by name at run time.
-assemble_lib() {
-    local work=$1 lib=$2
-    "$BUILD_PYTHON" -I - "$REPO" "$work/Lib" "$lib" <<'PY'
-import modulefinder, os, py_compile, sys
-repo, stdlib, out = sys.argv[1:]
-finder = modulefinder.ModuleFinder(path=[os.path.join(repo, "packaging"), repo, stdlib])
-finder.run_script(os.path.join(repo, "packaging", "entry.py"))
-for name in ("shim.cli", "shim.resolve", "shim.doctor", "shim.install", "encodings"):
-    finder.import_hook(name, fromlist=["*"])
-files = {m.__file__ for m in finder.modules.values() if m.__file__ and m.__file__.endswith(".py")}
-files |= {os.path.join(stdlib, "encodings", f) for f in os.listdir(os.path.join(stdlib, "encodings")) if f.endswith(".py")}
-for src in sorted(files):
-    if src == os.path.join(repo, "packaging", "entry.py"):
-        rel = "iptables_shim_entry.py"
-    elif src.startswith(stdlib + os.sep):
-        rel = os.path.relpath(src, stdlib)
-    elif src.startswith(os.path.join(repo, "shim") + os.sep):
-        rel = os.path.relpath(src, repo)
-    else:
-        sys.exit("build.sh: %s is neither the shim's nor the standard library's" % src)
-    dst = os.path.join(out, rel + "c")
-    os.makedirs(os.path.dirname(dst), exist_ok=True)
-    # Sourceless bytecode beside where the .py would be: imported without a __pycache__ lookup.
-    py_compile.compile(src, cfile=dst, dfile=rel, doraise=True, optimize=2,
-                       invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
-print(len(files))
-PY
+# buildinfo ARCH MODULES: what went in, tab-separated: name, version, origin (packaging/sbom.py reads
+# it), then each frozen module of the standard library.
+buildinfo() {
+    printf 'python\t%s\tdebian-source %s %s\n' "$(source_version $PYTHON_SOURCE | cut -d- -f1)" \
+        "$PYTHON_SOURCE" "$(source_version $PYTHON_SOURCE)"
+    printf 'zlib\t%s\tdebian-source %s %s\n' "$(source_version $ZLIB_SOURCE | sed 's/^[0-9]*://; s/[.]dfsg.*//; s/-.*//')" \
+        "$ZLIB_SOURCE" "$(source_version $ZLIB_SOURCE)"
+    printf 'musl\t%s\tpypi ziglang %s\n' "$(sed -n 's/^#define VERSION "\(.*\)"/\1/p' \
+        "$CACHE/zig-$ZIG_VERSION/ziglang/lib/libc/musl/src/internal/version.h")" "$ZIG_VERSION"
+    printf 'iptables-shim\t%s\tsource %s\n' "$(sed -n 's/^version = "\(.*\)"$/\1/p' "$REPO/pyproject.toml" | head -1)" \
+        "$(git -C "$REPO" rev-parse --short=12 HEAD 2>/dev/null || echo unknown)"
+    grep -v -e '^shim$' -e '^shim[.]' -e '^iptables_shim_entry$' "$2" | sed 's/^/frozen-stdlib\t/'
 }
 
 assemble_tree() {
-    local arch=$1 out=$2 work=$CACHE/python-$1 tree=$2/iptables-shim n
-    rm -rf "$tree"
-    mkdir -p "$tree/lib"
-    link_launcher "$arch"
-    cp "$work/launcher/iptables-shim" "$tree/iptables-shim"
-    n=$(assemble_lib "$work" "$tree/lib")
-    cp "$REPO/packaging/iptables-shim.frozen" "$tree/"
-    for n2 in $NAMES; do ln -sfn iptables-shim "$tree/$n2"; done
-    {
-        printf 'python\t%s\tdebian-source %s %s\n' "$(source_version $PYTHON_SOURCE | cut -d- -f1)" \
-            "$PYTHON_SOURCE" "$(source_version $PYTHON_SOURCE)"
-        printf 'zlib\t%s\tdebian-source %s %s\n' "$(source_version $ZLIB_SOURCE | sed 's/^[0-9]*://; s/[.]dfsg.*//; s/-.*//')" \
-            "$ZLIB_SOURCE" "$(source_version $ZLIB_SOURCE)"
-        printf 'musl\t%s\tpypi ziglang %s\n' "$(sed -n 's/^#define VERSION "\(.*\)"/\1/p' \
-            "$CACHE/zig-$ZIG_VERSION/ziglang/lib/libc/musl/src/internal/version.h")" "$ZIG_VERSION"
-        printf 'iptables-shim\t%s\tsource %s\n' "$(sed -n 's/^version = "\(.*\)"$/\1/p' "$REPO/pyproject.toml" | head -1)" \
-            "$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)"
-    } >"$tree/BUILDINFO"
-    say "built $tree ($arch, $n modules in lib/, $(du -sh "$tree" | cut -f1))"
+    local arch=$1 out=$2 tree=$2/iptables-shim n2
+    rm -rf "$tree" "$tree.new"
+    mkdir -p "$tree.new"
+    link_launcher "$arch" "$tree.new"
+    cp "$REPO/packaging/iptables-shim.frozen" "$tree.new/"
+    for n2 in $NAMES; do ln -sfn iptables-shim "$tree.new/$n2"; done
+    buildinfo "$arch" "$tree.new/frozen-modules" >"$tree.new/BUILDINFO"
+    rm "$tree.new/frozen-modules"
+    # The same bytes, whatever the umask and clock of the build (tests/test_reproducible.py).
+    chmod 0755 "$tree.new" "$tree.new/iptables-shim"
+    chmod 0644 "$tree.new/BUILDINFO" "$tree.new/iptables-shim.frozen"
+    touch -h -d "@$SOURCE_DATE_EPOCH" "$tree.new"/* "$tree.new"
+    mv "$tree.new" "$tree"
+    say "built $tree ($arch, $(grep -c '^frozen-stdlib' "$tree/BUILDINFO") standard library modules frozen in, $(stat -c %s "$tree/iptables-shim") bytes)"
 }
 
 main() {
@@ -263,6 +271,8 @@ main() {
         out=$REPO/dist
         [ "$ARCH" = "$HOST_ARCH" ] || out=$REPO/dist/$ARCH
     fi
+    # The commit's time, for every time stamp the build writes (tree, .deb): reproducible builds.
+    export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git -C "$REPO" log -1 --format=%ct 2>/dev/null || echo 0)}
     ensure_zig
     ensure_sources
     build_python "$ARCH"

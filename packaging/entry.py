@@ -7,9 +7,26 @@ exactly. The shim's own identity, for loop protection and `install`, is the exec
 (sys.executable), whatever link name it was called by.
 """
 
+import posix
 import sys
 
-from shim.main import main
+
+class NotFrozenIn(object):
+    """Last on sys.meta_path, after the builtin and frozen importers (sys.path is empty): reached
+    only by an import that the executable cannot answer. With IPTABLES_SHIM_DEBUG=1 it says so on
+    stderr, which tests/test_frozen_tree.py::test_every_import_is_frozen_in watches on every verb;
+    the import then fails as it would have anyway."""
+
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if posix.environ.get(b"IPTABLES_SHIM_DEBUG") == b"1":
+            sys.stderr.write("iptables-shim: import of %s: not in the executable\n" % name)
+        return None
+
+
+sys.meta_path.append(NotFrozenIn)
+
+from shim.main import main  # noqa: E402 (after the watch, which sees its imports too)
 
 # The tree's own iptables-shim.conf (docs/configuration.md): an image carries its settings.
 sys.exit(main(sys.argv, sys.executable, tree=sys.executable.rpartition("/")[0]))

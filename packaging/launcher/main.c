@@ -3,8 +3,9 @@
  * the environment, so that nothing the caller set (PYTHONHOME, PYTHONPATH, LD_*) changes it and
  * nothing it needs is put into the environment the real iptables inherits (docs/images.md).
  *
- *   tree/iptables-shim        this executable (the six names are links to it)
- *   tree/lib/                 the bytecode it imports: the shim and the standard library it uses
+ *   tree/iptables-shim        this executable (the six names are links to it), which carries the
+ *                             interpreter, the shim and the standard library modules the shim
+ *                             imports, frozen in (packaging/freeze.py: iptables_shim_frozen_modules)
  *
  * First the C route (route.c) answers the calls that need no deciding (the override, the caller's
  * own facts, a trusted cache entry) and execs, before Python is even initialised. Every other call,
@@ -22,6 +23,11 @@
 #include <unistd.h>
 
 extern char **environ;
+
+/* The shim, its entry and the standard library modules they import, as marshalled bytecode
+ * (frozen.c, made by packaging/freeze.py): every import is answered from memory, no file is read
+ * or stat'd for it (docs/images.md#one-file). */
+extern const struct _frozen iptables_shim_frozen_modules[];
 
 /* Python's entry, guarded: a tree that is damaged or half-replaced by an upgrade (a .pyc truncated,
  * missing or from another version) gives one `iptables-shim:` line and 127, never a traceback on
@@ -97,19 +103,8 @@ static PyObject *route_module_init(void)
     return PyModule_Create(&route_module);
 }
 
-static int append_path(PyWideStringList *list, const char *path)
-{
-    wchar_t *wide = Py_DecodeLocale(path, NULL);
-    if (!wide)
-        return -1;
-    PyStatus status = PyWideStringList_Append(list, wide);
-    PyMem_RawFree(wide);
-    return PyStatus_Exception(status) ? -1 : 0;
-}
-
 int main(int argc, char **argv)
 {
-    char lib[PATH_MAX + 8];
     if (own_path(exe) != 0)
         return fail("cannot find its own executable (neither /proc/self/exe nor AT_EXECFN): mount /proc");
 
@@ -119,17 +114,11 @@ int main(int argc, char **argv)
     if (!answer.handover)
         route_exec(argc, argv, &answer);
 
-    char *slash = strrchr(exe, '/');
-    if (!slash)
-        return fail("its own executable has no directory");
-    *slash = '\0';
-    snprintf(lib, sizeof lib, "%s/lib", exe);
-    *slash = '/';
-
     /* Isolated: no PYTHON* variables, no user site, no locale coercion (which would set LC_CTYPE
      * in the environment the real iptables inherits), no signal handlers beyond Python's own. */
     if (PyImport_AppendInittab("_iptables_shim_route", route_module_init) != 0)
         return fail("Python configuration failed (out of memory?)");
+    PyImport_FrozenModules = iptables_shim_frozen_modules;
     PyPreConfig preconfig;
     PyPreConfig_InitIsolatedConfig(&preconfig);
     preconfig.utf8_mode = 1; /* scratch images have no locale; argv and paths as UTF-8/bytes */
@@ -144,10 +133,10 @@ int main(int argc, char **argv)
     config.pathconfig_warnings = 0; /* nothing on the caller's stderr (SPEC "Exec") */
     config.optimization_level = 2;
     config.parse_argv = 0;           /* argv is the caller's iptables arguments, not Python's */
-    config.module_search_paths_set = 1;
-    int bad = append_path(&config.module_search_paths, lib) != 0;
+    config.use_frozen_modules = 1;
+    config.module_search_paths_set = 1; /* and empty: nothing is imported from a file */
     wchar_t *wexe = Py_DecodeLocale(exe, NULL);
-    bad = bad || !wexe;
+    int bad = !wexe;
     if (!bad) {
         bad = PyStatus_Exception(PyConfig_SetString(&config, &config.executable, wexe)) ||
               PyStatus_Exception(PyConfig_SetString(&config, &config.home, wexe)) ||
@@ -164,7 +153,7 @@ int main(int argc, char **argv)
     if (PyStatus_Exception(status)) {
         if (PyStatus_IsExit(status))
             return status.exitcode;
-        return fail("Python initialisation failed: is tree/lib whole? (packaging/build.sh)");
+        return fail("Python initialisation failed: the executable is damaged (copy the tree again)");
     }
     return Py_RunMain();
 }
