@@ -7,8 +7,15 @@ exactly. The shim's own identity, for loop protection and `install`, is the exec
 (sys.executable), whatever link name it was called by.
 """
 
+import gc
 import posix
 import sys
+
+# A call of one of the six names ends in execv within milliseconds: the cyclic collector would only
+# walk the objects the imports just made (a tenth of a first call's instructions, bench/frozen.py).
+# The iptables-shim verbs (doctor audits a whole node) keep it.
+if sys.argv[0].rpartition("/")[2] != "iptables-shim":
+    gc.disable()
 
 
 class NotFrozenIn(object):

@@ -44,3 +44,16 @@ def test_a_host_context_call_imports_no_cold_path_module(netns, cache_dir):
     # Nor does it ask the netns for its key (a socket's cookie) or read its cache entry: the answer
     # never uses them (bench/clients.py measured ~0.25 ms a call).
     assert "_socket" not in loaded
+
+
+# What a netns's first call (the kernel probes, no cache) may not load either: os and what it drags
+# in cost that call about a millisecond (bench/frozen.py), and the probes need only posix.
+FIRST_CALL_NEVER = {"os", "posixpath", "_collections_abc", "subprocess", "shim.cli", "json", "re", "enum"}
+
+
+def test_a_first_call_imports_no_os(netns, cache_dir):
+    netns.ok("iptables-nft -A INPUT -j ACCEPT")
+    env = shim_env(cache_dir, IPTABLES_SHIM_CONTEXT="container", IPTABLES_SHIM_CACHE="off")
+    loaded = imported_modules(netns, env, ["iptables", "-S"])
+    assert {"shim.gather", "shim.facts.nft_kernel", "shim.facts.legacy_kernel"} <= loaded
+    assert not loaded & FIRST_CALL_NEVER, sorted(loaded & FIRST_CALL_NEVER)

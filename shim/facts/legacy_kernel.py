@@ -21,7 +21,7 @@ Python's socket.getsockopt cannot pass a table name in, so getsockopt(2) is call
 """
 
 import errno
-import os
+import posix  # not os: its import (and _collections_abc's) costs a first call ~1 ms
 
 from _struct import Struct  # what `struct` re-exports, without that module's own import
 from _struct import error as StructError
@@ -78,7 +78,7 @@ LAYOUTS = {
 def legacy_tables(family, proc="/proc"):
     """Names of the legacy tables that exist for a family in this netns (no side effects): none
     where the file is missing (ip_tables not loaded); Unavailable where it cannot be read."""
-    path = os.path.join(proc, LAYOUTS[family].names_file)
+    path = proc.rstrip("/") + "/" + LAYOUTS[family].names_file
     try:
         with open(path) as f:
             return [line.strip() for line in f if line.strip()]
@@ -264,7 +264,7 @@ class Sockopt(object):
 
 def sockopt_refused(option, err):
     """The Unavailable to raise for a socket option the kernel refused with errno `err`."""
-    return Unavailable("%s refused: %s" % (option, os.strerror(err) if err > 0 else "unknown error"))
+    return Unavailable("%s refused: %s" % (option, posix.strerror(err) if err > 0 else "unknown error"))
 
 
 def read_info(ask, name):

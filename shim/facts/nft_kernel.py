@@ -16,7 +16,7 @@ are tested on replies recorded from a real kernel (tests/unit/test_nft_kernel.py
 """
 
 import errno
-import os
+import posix  # not os: its import (and _collections_abc's) costs a first call ~1 ms
 
 from _struct import Struct  # what `struct` re-exports, without that module's own import
 
@@ -132,7 +132,7 @@ def error_of(payload):
 
 def request_refused(payload):
     """The Unavailable to raise for an NLMSG_ERROR reply that is no answer."""
-    return Unavailable("nf_tables refused the request: %s" % os.strerror(error_of(payload)))
+    return Unavailable("nf_tables refused the request: %s" % posix.strerror(error_of(payload)))
 
 
 class Netlink(object):
