@@ -23,6 +23,7 @@ import ast
 import marshal
 import os
 import sys
+import zlib
 
 # The source shim's fallbacks where the frozen tree's builtin _iptables_shim is missing (a plain
 # python3): never reached in the executable, which has that module.
@@ -30,6 +31,14 @@ SOURCE_ONLY = {"ctypes", "_ctypes"}
 ENTRY = "iptables_shim_entry"  # packaging/entry.py, as main.c imports it
 ROOTS = [ENTRY, "shim.cli", "shim.doctor", "shim.install", "shim.gather", "encodings", "encodings.aliases",
          "encodings.utf_8"]  # encodings: imported by the interpreter's start itself (utf-8 mode)
+# What a call of the six names imports (the start, a cache hit, a netns's first call: the shim's own
+# modules it reaches, function-level imports too, and the module-level imports of everything so
+# reached; tests/test_hot_path.py) is stored as it is. Every other module (the verbs', and the
+# standard library a *-save probe or a compressed /proc/config.gz needs) is stored compressed and
+# inflated when imported: a third of its size, for about a millisecond where imported
+# (docs/images.md#one-file).
+CALL_ROOTS = [ENTRY, "shim.main", "shim.gather", "encodings", "encodings.aliases", "encodings.utf_8"]
+VERBS = {"shim.cli", "shim.doctor", "shim.install"}  # `iptables-shim explain | doctor | install`
 
 
 def imports_of(tree, package, own):
@@ -105,6 +114,45 @@ def collect(repo, stdlib, frozen_already, builtins):
     return modules, sorted({m for m in missing if m.rpartition(".")[0] not in modules})
 
 
+def call_modules(modules):
+    """The modules a call of the six names may import (CALL_ROOTS and what they reach)."""
+    seen, todo = set(), list(CALL_ROOTS)
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in modules or name in VERBS:
+            continue
+        seen.add(name)
+        path, package = modules[name][:2]
+        with open(path, "rb") as f:
+            tree = ast.parse(f.read(), path)
+        package = name if package else name.rpartition(".")[0]
+        todo.extend(imports_of(tree, package, False))
+        todo.extend(n for n in imports_of(tree, package, True) if n == "shim" or n.startswith("shim."))
+        if "." in name:
+            todo.append(name.rpartition(".")[0])
+    return seen
+
+
+# Where a module is stored compressed, its get_code inflates it (zlib, built in) and unmarshals it.
+INFLATE = """#include <zlib.h>
+
+static PyObject *inflated(const unsigned char *data, size_t size, size_t raw_size)
+{
+    unsigned char *raw = PyMem_Malloc(raw_size);
+    if (!raw)
+        return PyErr_NoMemory();
+    uLongf len = (uLongf)raw_size;
+    PyObject *code = NULL;
+    if (uncompress(raw, &len, data, (uLong)size) == Z_OK && len == raw_size)
+        code = PyMarshal_ReadObjectFromString((const char *)raw, (Py_ssize_t)len);
+    else
+        PyErr_SetString(PyExc_ImportError, "a frozen module does not inflate: the executable is damaged");
+    PyMem_Free(raw);
+    return code;
+}
+"""
+
+
 def c_array(data):
     rows = []
     for i in range(0, len(data), 24):
@@ -120,15 +168,22 @@ def main(repo, stdlib, frozen_file, builtins_file, out_c, out_list):
         sys.exit("freeze.py: the shim imports %s, which is neither in the standard library nor built into "
                  "the executable: add the C module to BUILTIN_MODULES in packaging/build.sh"
                  % ", ".join(sorted(set(missing))))
-    parts = ['#include "Python.h"', ""]
+    parts = ['#include "Python.h"', '#include "marshal.h"', INFLATE]
     table = []
+    hot = call_modules(modules)
     for i, name in enumerate(sorted(modules)):
         path, package, filename = modules[name]
         with open(path, "rb") as f:
             code = compile(f.read(), filename, "exec", dont_inherit=True, optimize=2)
         data = marshal.dumps(code)
+        get_code = "NULL"
+        if name not in hot:
+            raw, data = len(data), zlib.compress(data, 9)
+            get_code = "get_code_%d" % i
         parts.append("static const unsigned char module_%d[%d] = { /* %s */\n%s\n};" % (i, len(data), name, c_array(data)))
-        table.append('    {"%s", module_%d, %d, %d, NULL},' % (name, i, len(data), int(package)))
+        if get_code != "NULL":
+            parts.append("static PyObject *%s(void) { return inflated(module_%d, %d, %d); }" % (get_code, i, len(data), raw))
+        table.append('    {"%s", module_%d, %d, %d, %s},' % (name, i, len(data), int(package), get_code))
     parts.append("")
     parts.append("const struct _frozen iptables_shim_frozen_modules[] = {")
     parts.extend(table)
