@@ -46,8 +46,8 @@ PATCHES='^(CVE-.*|.*gh-[0-9]+.*|shutdown-deadlock\.diff|frame_dealloc-crash\.dif
 # built (unicodedata alone was 1.1 MB): docs/images.md#one-file.
 BUILTIN_MODULES="_json _posixsubprocess _socket _struct fcntl math select zlib"
 # Size without speed lost: measured in docs/images.md#one-file.
-OPT_CFLAGS="-Os -fno-asynchronous-unwind-tables -fno-unwind-tables -ffunction-sections -fdata-sections"
-OPT_LDFLAGS="-Wl,--gc-sections"
+OPT_CFLAGS="-Os -flto -fno-asynchronous-unwind-tables -fno-unwind-tables -ffunction-sections -fdata-sections"
+OPT_LDFLAGS="-flto -Wl,--gc-sections"
 
 say() { echo "build.sh: $*" >&2; }
 die() { echo "build.sh: $*" >&2; exit 1; }

@@ -21,7 +21,7 @@ if sys.argv[0].rpartition("/")[2] != "iptables-shim":
 class NotFrozenIn(object):
     """Last on sys.meta_path, after the builtin and frozen importers (sys.path is empty): reached
     only by an import that the executable cannot answer. With IPTABLES_SHIM_DEBUG=1 it says so on
-    stderr, which tests/test_frozen_tree.py::test_every_import_is_frozen_in watches on every verb;
+    stderr, which tests/test_frozen_imports.py::test_every_import_is_frozen_in watches on every verb;
     the import then fails as it would have anyway."""
 
     @staticmethod

@@ -12,7 +12,7 @@ Which modules (docs/images.md#one-file): every import in the shim's own code (fu
 too), and, in each standard library module so reached, the imports its import runs (module level,
 in top-level try/if bodies; not those inside functions or classes, which modulefinder follows and
 which put 456 modules into the old lib/). What a verb really imports is held by
-tests/test_frozen_tree.py::test_every_import_is_frozen_in, which watches the executable's imports.
+tests/test_frozen_imports.py::test_every_import_is_frozen_in, which watches the executable's imports.
 The build fails when the shim imports a module that is neither frozen in nor built in.
 
 Reproducible: modules in sorted order, compiled by the build's python3.11 with a fixed hash seed
