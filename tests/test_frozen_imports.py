@@ -63,7 +63,7 @@ CALLS = [
 REFUSALS = [
     "IPTABLES_SHIM_MODE=bogus %s/iptables -S" % SHIM_DIR,
     "%s PATH=/nonexistent %s/iptables -S" % (CONTAINER, SHIM_DIR),
-    "IPTABLES_SHIM_REENTRY=/x %s/iptables -S" % SHIM_DIR,
+    "IPTABLES_SHIM_CALLER=/x %s/iptables -S" % SHIM_DIR,
     "ln -s %s /tmp/not-a-name && /tmp/not-a-name" % SHIM,
     "%s bogus" % SHIM,
     "%s install" % SHIM,
