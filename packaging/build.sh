@@ -9,20 +9,26 @@
 #
 # What it makes (docs/images.md says why this route):
 #   iptables-shim      one static executable: CPython 3.11 from Debian's sources (python3.11, with
-#                      its security fixes), linked statically with musl, every extension module the
-#                      shim uses built in, and packaging/launcher/main.c as its main
-#   lib/               the bytecode it imports: shim/, packaging/entry.py, and the standard library
-#                      modules those import (nothing else)
+#                      its security fixes), linked statically with musl, the C modules the shim
+#                      imports built in (BUILTIN_MODULES), packaging/launcher/main.c as its main, and
+#                      the shim, its entry and exactly the standard library modules they import frozen
+#                      in as bytecode (packaging/freeze.py): no lib/, no file read per import
 #   the six names      iptables, iptables-save, ... as relative links to iptables-shim
 #   iptables-shim.frozen   the marker another shim on PATH knows a frozen tree by
-#   BUILDINFO          what went in: name, version, origin, tab-separated (packaging/sbom.py reads it)
+#   BUILDINFO          what went in: name, version, origin, tab-separated, then every frozen standard
+#                      library module (packaging/sbom.py reads it)
+#
+# Reproducible (docs/images.md#reproducible): two builds of one commit give the same bytes, whatever
+# the directory, umask, locale or clock (tests/test_reproducible.py): SOURCE_DATE_EPOCH from the
+# commit, the interpreter's build date from its Debian changelog, a fixed hash seed for the bytecode,
+# build paths mapped away.
 #
 # Toolchain: zig (`ziglang` from PyPI; its clang and its musl cross-compile for amd64 and arm64
 # alike), the sources from `apt-get source` (a deb-src entry: .ci/setup adds it), and this
-# machine's /usr/bin/python3.11 (Debian's 3.11: the same version, to generate and compile bytecode).
+# machine's /usr/bin/python3.11 (Debian's 3.11: the same version, to compile the bytecode).
 # Everything is cached in $IPTABLES_SHIM_BUILD_CACHE (default /var/cache/iptables-shim-build): the
-# interpreter is built once per architecture (~4-6 min on 2 cores), a change to shim/ only
-# recompiles lib/ (seconds).
+# interpreter is built once per recipe and architecture (1-2 min on 2 cores), a change to shim/ or
+# the launcher only refreezes and relinks (seconds).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -46,8 +52,8 @@ PATCHES='^(CVE-.*|.*gh-[0-9]+.*|shutdown-deadlock\.diff|frame_dealloc-crash\.dif
 # built (unicodedata alone was 1.1 MB): docs/images.md#one-file.
 BUILTIN_MODULES="_json _posixsubprocess _socket _struct fcntl math select zlib"
 # Size without speed lost: measured in docs/images.md#one-file.
-OPT_CFLAGS="-Os -flto -fno-asynchronous-unwind-tables -fno-unwind-tables -ffunction-sections -fdata-sections"
-OPT_LDFLAGS="-flto -Wl,--gc-sections"
+OPT_CFLAGS="-Os -fno-asynchronous-unwind-tables -fno-unwind-tables -ffunction-sections -fdata-sections"
+OPT_LDFLAGS="-Wl,--gc-sections"
 
 say() { echo "build.sh: $*" >&2; }
 die() { echo "build.sh: $*" >&2; exit 1; }
@@ -260,7 +266,7 @@ main() {
         case $1 in
             --arch) ARCH=$2; shift ;;
             --out) out=$(realpath -m "$2"); shift ;;
-            -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+            -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
             *) die "unknown option $1 (see --help)" ;;
         esac
         shift
