@@ -166,9 +166,31 @@ static char *strip(char *s, char **end)
     return s;
 }
 
+/* shim.config.value: the text after a line's `=` up to its comment, a `#` after a space or tab
+ * outside the quotes that open the value; *end moves there. */
+static void cut_comment(char *text, char **end)
+{
+    char *from = text;
+    while (from < *end && blank(*from))
+        from++;
+    if (from < *end && (*from == '"' || *from == '\'')) {
+        char *close = memchr(from + 1, *from, (size_t)(*end - from - 1));
+        if (close)
+            from = close + 1;
+    }
+    if (from < text + 1)
+        from = text + 1;
+    for (char *p = from; p < *end; p++)
+        if (*p == '#' && (p[-1] == ' ' || p[-1] == '\t')) {
+            *end = p;
+            return;
+        }
+}
+
 /* shim.config.parse over a file's bytes (NUL-terminated at len, so len < the buffer): values[i]
  * point into data. Comment lines may hold any UTF-8; other lines printable ASCII, tab and CR
- * (Python's strip() knows more whitespace: a line with any other byte goes to Python). */
+ * (Python's strip() knows more whitespace: a line with any other byte goes to Python), a comment
+ * after a value included. */
 int route_parse_config(char *data, size_t len, const char **values)
 {
     if (!utf8_valid((const unsigned char *)data, len))
@@ -186,6 +208,7 @@ int route_parse_config(char *data, size_t len, const char **values)
             if (!eq)
                 return -1; /* Python: not NAME=VALUE */
             char *name_end = eq, *value_end = end;
+            cut_comment(eq + 1, &value_end);
             char *name = strip(s, &name_end), *value = strip(eq + 1, &value_end);
             *name_end = '\0';
             int index = -1;
