@@ -11,5 +11,6 @@ import sys
 
 from shim.main import main
 
-# The tree's own iptables-shim.conf (docs/configuration.md): an image carries its settings.
-sys.exit(main(sys.argv, sys.executable, tree=sys.executable.rpartition("/")[0]))
+# The tree's own iptables-shim.conf (docs/configuration.md): an image carries its settings. Its
+# directory is "/" for a tree at the root (/iptables-shim), whose file the C route reads too.
+sys.exit(main(sys.argv, sys.executable, tree=sys.executable.rpartition("/")[0] or "/"))

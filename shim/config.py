@@ -133,8 +133,8 @@ def load_settings(environ, tree=None):
     resolution searches."""
     settings = {"PATH": environ.get("PATH")}
     files = [environ.get(CONFIG_ENV) or CONFIG_FILE]
-    if tree:
-        files.append(tree + "/" + TREE_CONFIG)
+    if tree:  # "/" for a tree at the root: /iptables-shim.conf, as the C route reads it
+        files.append(tree.rstrip("/") + "/" + TREE_CONFIG)
     for path in reversed(files):
         settings.update(read_file(path))
     for name in SETTINGS:
