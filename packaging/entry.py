@@ -12,8 +12,7 @@ import posix
 import sys
 
 # A call of one of the six names ends in execv within milliseconds: the cyclic collector would only
-# walk the objects the imports just made (a tenth of a first call's instructions, bench/frozen.py).
-# The iptables-shim verbs (doctor audits a whole node) keep it.
+# walk the objects the imports just made. The iptables-shim verbs (doctor audits a node) keep it.
 if sys.argv[0].rpartition("/")[2] != "iptables-shim":
     gc.disable()
 
@@ -35,5 +34,6 @@ sys.meta_path.append(NotFrozenIn)
 
 from shim.main import main  # noqa: E402 (after the watch, which sees its imports too)
 
-# The tree's own iptables-shim.conf (docs/configuration.md): an image carries its settings.
-sys.exit(main(sys.argv, sys.executable, tree=sys.executable.rpartition("/")[0]))
+# The tree's own iptables-shim.conf (docs/configuration.md): an image carries its settings. Its
+# directory is "/" for a tree at the root (/iptables-shim), whose file the C route reads too.
+sys.exit(main(sys.argv, sys.executable, tree=sys.executable.rpartition("/")[0] or "/"))

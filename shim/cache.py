@@ -98,10 +98,12 @@ def store(directory, key, backend, step, reason):
                         0o600)
     except OSError:
         return False
+    from shim.writes import write_whole  # the cold path only
+
     try:
         try:
-            data = format_entry(backend, step, reason)
-            if posix.write(fd, data) != len(data):  # a file size limit or quota cut it short
+            # A file-size limit (EFBIG, never SIGXFSZ's death) or a quota cuts it short: removed below.
+            if not write_whole(fd, format_entry(backend, step, reason)):
                 raise OSError("short write")
         finally:
             posix.close(fd)

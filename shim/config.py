@@ -2,7 +2,8 @@
 
 Callers such as conmon, sudo, systemd units, ufw-init and netfilter-persistent reset the
 environment, and a setting must hold for every call of a netns (docs/configuration.md): the file
-holds the same names as the environment, in lines NAME=VALUE, `#` comments. It is trusted only when
+holds the same names as the environment, in lines NAME=VALUE, `#` comments on a line of their own
+or after a value (after a space or tab, outside the value's quotes). It is trusted only when
 root-owned and not group- or world-writable; anything else is one clear error, nothing executed.
 
 Read on every call (an override must beat the cache): the builtin posix module, one open() that
@@ -77,6 +78,28 @@ def read_file(path):
     return parse(data, path)
 
 
+def value(text):
+    """The value in `text`, what follows a line's `=`: up to a comment (a `#` after a space or tab,
+    outside the quotes that open the value), stripped, without its one pair of quotes. Operators
+    write `NAME=VALUE   # why`, as in /etc/default files and docs/configuration.md's example; a
+    value never holds " #" unless quoted (the frozen launcher's C route reads it alike: route.c
+    cut_comment)."""
+    start = len(text) - len(text.lstrip())
+    quote = text[start:start + 1]
+    if quote in ("'", '"'):
+        close = text.find(quote, start + 1)
+        if close > 0:
+            start = close + 1
+    for i in range(max(start, 1), len(text)):
+        if text[i] == "#" and text[i - 1] in " \t":
+            text = text[:i]
+            break
+    text = text.strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
+        text = text[1:-1]
+    return text
+
+
 def parse(data, path):
     try:
         text = data.decode("utf-8")
@@ -87,20 +110,19 @@ def parse(data, path):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        name, eq, value = line.partition("=")
-        name, value = name.strip(), value.strip()
+        name, eq, rest = line.partition("=")
+        name = name.strip()
         where = "%s line %d" % (path, number)
         if not eq:
             raise ShimError("%s: %r is not NAME=VALUE" % (where, line))
         if name not in SETTINGS:
             raise ShimError("%s: unknown setting %r (known: %s)" % (where, name, ", ".join(sorted(SETTINGS))))
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-            value = value[1:-1]
-        wrong = check(name, value) if value else None
+        v = value(rest)
+        wrong = check(name, v) if v else None
         if wrong:
-            raise ShimError("%s: %s=%r is %s" % (where, name, value, wrong))
-        if value:
-            values[name] = value
+            raise ShimError("%s: %s=%r is %s" % (where, name, v, wrong))
+        if v:
+            values[name] = v
     return values
 
 
@@ -111,8 +133,8 @@ def load_settings(environ, tree=None):
     resolution searches."""
     settings = {"PATH": environ.get("PATH")}
     files = [environ.get(CONFIG_ENV) or CONFIG_FILE]
-    if tree:
-        files.append(tree + "/" + TREE_CONFIG)
+    if tree:  # "/" for a tree at the root: /iptables-shim.conf, as the C route reads it
+        files.append(tree.rstrip("/") + "/" + TREE_CONFIG)
     for path in reversed(files):
         settings.update(read_file(path))
     for name in SETTINGS:

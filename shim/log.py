@@ -48,9 +48,11 @@ def _clip(text):
 
 
 def append(path, text):
-    """One line at the end of the log file; False when it cannot be written (never an error: the
-    call goes on)."""
+    """One line at the end of the log file; False when it cannot be written (never an error, nor
+    a signal, the call goes on: shim.writes)."""
     import time
+
+    from shim.writes import write_whole
 
     line = RECORD_FORMAT % (time.strftime(TIME_FORMAT), posix.getpid(), _clip(text))
     try:
@@ -59,10 +61,7 @@ def append(path, text):
     except OSError:
         return False
     try:
-        data = line.encode("utf-8", "surrogateescape")
-        return posix.write(fd, data) == len(data)
-    except OSError:
-        return False
+        return write_whole(fd, line.encode("utf-8", "surrogateescape"))
     finally:
         posix.close(fd)
 
@@ -80,7 +79,8 @@ def syslog(text, socket_path=SYSLOG_SOCKET):
     try:
         sock.setblocking(False)  # a stuck log daemon must not hold up an iptables call
         message = "<%d>%s[%d]: %s" % (SYSLOG_PRIORITY, TAG, posix.getpid(), _clip(text))
-        sock.sendto(message.encode("utf-8", "surrogateescape"), socket_path)
+        # MSG_NOSIGNAL: a write of the shim's own never raises SIGPIPE (shim.writes).
+        sock.sendto(message.encode("utf-8", "surrogateescape"), _socket.MSG_NOSIGNAL, socket_path)
         return True
     except OSError:
         return False

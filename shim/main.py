@@ -75,6 +75,18 @@ def call_line(r):
     return log.format_line(r.name, r.binary, r.decision, r.how, r.cache_key)
 
 
+def launcher_logged(log_path, line):
+    """Whether the frozen launcher's C route already wrote this very line to this log file for this
+    call: it logs before its execv, and an execv that fails (ENOEXEC, a binary removed) hands the
+    call to Python in the same process, which decides again. One call, one line
+    (docs/decision.md#two-routes)."""
+    if "_iptables_shim_route" not in sys.builtin_module_names:
+        return False  # the source shim: no launcher
+    import _iptables_shim_route
+
+    return _iptables_shim_route.logged() == (log_path, line)
+
+
 def report(r, settings):
     """The call in the log file, a new decision in the system log; stderr only on request
     (IPTABLES_SHIM_DEBUG=1, interactive use: it breaks callers that parse stderr)."""
@@ -85,7 +97,7 @@ def report(r, settings):
     from shim import log
 
     line = call_line(r)
-    if log_path:
+    if log_path and not launcher_logged(log_path, line):
         log.append(log_path, line)
     if new:
         log.syslog("%s; caller: %s" % (line, log.caller_command()), settings.get(SYSLOG) or log.SYSLOG_SOCKET)

@@ -165,7 +165,8 @@ def setting_value(name, i, case_dir):
 env_settings = st.dictionaries(st.sampled_from(sorted(SETTING_VALUES)), st.integers(0, 15), max_size=3)
 file_line = st.one_of(
     st.tuples(st.sampled_from(sorted(SETTING_VALUES)), st.integers(0, 15), st.sampled_from(
-        ["%s=%s", "%s = %s", "  %s=\"%s\"", "%s='%s'\r", "%s=%s  # not a comment", "\t%s=%s\t"])),
+        ["%s=%s", "%s = %s", "  %s=\"%s\"", "%s='%s'\r", "%s=%s  # a comment", "%s=\"%s\"\t# after quotes",
+         "%s=%s#not a comment", "%s= # %s", "%s='%s # in quotes' # c", "\t%s=%s\t"])),
     st.sampled_from(["# a comment \u00e9\u00e8", "", "   ", "#\u00a0x", "# x"] * 6 + [
         "IPTABLES_SHIM_NOPE=1", "not a line", "\u00a0IPTABLES_SHIM_MODE=nft", "IPTABLES_SHIM_MODE=nft\x0b",
         "\x1cIPTABLES_SHIM_MODE=nft"]),
@@ -405,6 +406,17 @@ def test_the_suite_catches_a_broken_route(netns_key, mutation):
     # Caught as a different answer (the C route's answer is in the message), not as a crash.
     with pytest.raises(AssertionError, match="'binary': '/"):
         check_generated(broken, max_examples=250, shrink=False)
+
+
+def test_the_documented_configuration_reads_alike(netns_key):
+    """docs/configuration.md's example file, comments after values included, as the main file: the
+    C route reads it (it answers, step 1) as Python does."""
+    from unit.test_config import documented_configurations
+
+    for where, body in documented_configurations():
+        stats = {"answered": 0, "handed over": 0}
+        run_case(dict(BASE, main_file=(body.splitlines(), "trusted")), croute.probe(), stats)
+        assert stats["answered"] == 1, (where, stats)
 
 
 def test_parsers_under_the_sanitizers(tmp_path):

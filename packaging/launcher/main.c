@@ -15,11 +15,14 @@
 #include "Python.h"
 #include "route.h"
 
+#include <errno.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/auxv.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 extern char **environ;
@@ -32,12 +35,17 @@ extern const struct _frozen iptables_shim_frozen_modules[];
 /* Python's entry, guarded: a tree that is damaged or half-replaced by an upgrade (a .pyc truncated,
  * missing or from another version) gives one `iptables-shim:` line and 127, never a traceback on
  * the caller's stderr (SPEC "Errors"; tests/test_damaged_tree.py). The traceback only with
- * IPTABLES_SHIM_DEBUG=1, for whoever debugs it. */
+ * IPTABLES_SHIM_DEBUG=1, for whoever debugs it. Out of memory is said as such, not as damage
+ * (tests/test_frozen_situations.py::test_an_address_space_limit_is_named). */
 #define GUARDED_ENTRY \
     L"try:\n" \
     L"    import iptables_shim_entry\n" \
     L"except SystemExit:\n" \
     L"    raise\n" \
+    L"except MemoryError:\n" \
+    L"    import sys\n" \
+    L"    sys.stderr.write('iptables-shim: out of memory (an address-space limit, ulimit -v?); nothing was run\\n')\n" \
+    L"    sys.exit(127)\n" \
     L"except BaseException as e:\n" \
     L"    import sys, posix\n" \
     L"    if posix.environ.get(b'IPTABLES_SHIM_DEBUG') == b'1':\n" \
@@ -45,7 +53,7 @@ extern const struct _frozen iptables_shim_frozen_modules[];
     L"    what = ' '.join(('%s: %s' % (type(e).__name__, e)).split())[:300]\n" \
     L"    sys.stderr.write('iptables-shim: the shim at %s is damaged or half-replaced (%s); nothing was run: '\n" \
     L"                     'reinstall it (apt-get install --reinstall iptables-shim, or copy the tree again)\\n'\n" \
-    L"                     % (sys.executable.rpartition('/')[0], what))\n" \
+    L"                     % (sys.executable.rpartition('/')[0] or '/', what))\n" \
     L"    sys.exit(127)\n"
 
 /* The tree's executable, for the route module below. */
@@ -62,11 +70,12 @@ static int fail(const char *what)
 }
 
 /* The real path of this executable: /proc/self/exe, or, where /proc is not mounted (a bare
- * chroot), the path execve was given (AT_EXECFN) made real. */
+ * chroot), the path execve was given (AT_EXECFN) made real. A link that fills the buffer may have
+ * been cut short: not taken. */
 static int own_path(char *out)
 {
-    ssize_t n = readlink("/proc/self/exe", out, PATH_MAX - 1);
-    if (n > 0) {
+    ssize_t n = readlink("/proc/self/exe", out, PATH_MAX);
+    if (n > 0 && n < PATH_MAX) {
         out[n] = '\0';
         return 0;
     }
@@ -86,11 +95,26 @@ static PyObject *route_settle_py(PyObject *self, PyObject *args)
     route_settle_name(name, environ, exe, &answer);
     if (answer.handover)
         return Py_BuildValue("(Os)", Py_None, answer.handover);
-    return Py_BuildValue("(ss)", answer.binary, answer.line);
+    /* Paths are bytes: decoded as os.fsdecode does (surrogateescape), so explain prints them as
+     * the file system holds them (tests/test_frozen_situations.py::test_explain_with_a_path_that_is_not_utf8). */
+    return Py_BuildValue("(NN)", PyUnicode_DecodeFSDefault(answer.binary), PyUnicode_DecodeFSDefault(answer.line));
+}
+
+/* This call's answer by the C route, whose exec failed before Python started (main below). */
+static struct route_answer this_call;
+
+/* _iptables_shim_route.logged() -> (log file, line) the C route wrote for this call before its exec
+ * failed, else None: Python, deciding again, does not write the same line twice (shim.main.report). */
+static PyObject *route_logged_py(PyObject *self, PyObject *args)
+{
+    if (!this_call.logged)
+        Py_RETURN_NONE;
+    return Py_BuildValue("(NN)", PyUnicode_DecodeFSDefault(this_call.log_path), PyUnicode_DecodeFSDefault(this_call.line));
 }
 
 static PyMethodDef route_methods[] = {
     {"settle", route_settle_py, METH_VARARGS, NULL},
+    {"logged", route_logged_py, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
 
@@ -103,28 +127,66 @@ static PyObject *route_module_init(void)
     return PyModule_Create(&route_module);
 }
 
+/* Python needs a few MiB that the C route does not: doctor, the largest, about 4.5 MiB beyond the
+ * executable's own mappings (measured with ulimit -v). Where an address-space limit leaves less
+ * than twice that, Python would fail halfway through its start (a traceback, or a MemoryError
+ * read as damage): one line naming the limit instead (tests/test_frozen_situations.py). */
+#define PYTHON_HEADROOM (8u << 20)
+
+static int address_space_short(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_AS, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY)
+        return 0;
+    void *p = mmap(NULL, PYTHON_HEADROOM, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED)
+        return errno == ENOMEM;
+    munmap(p, PYTHON_HEADROOM);
+    return 0;
+}
+
+/* Python could not start for want of memory: the limit that caused it, where one is set. */
+static int no_memory(void)
+{
+    struct rlimit rl;
+    char line[256];
+    if (getrlimit(RLIMIT_AS, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
+        snprintf(line, sizeof line, "out of memory: the address-space limit (ulimit -v %llu) leaves Python too "
+                 "little to start; nothing was run: raise it", (unsigned long long)(rl.rlim_cur / 1024));
+    else
+        snprintf(line, sizeof line, "out of memory: Python could not start; nothing was run");
+    return fail(line);
+}
+
 int main(int argc, char **argv)
 {
+    /* Set-user-ID, set-group-ID or file capabilities: the shim would run the caller's PATH with
+     * privileges the caller does not have (SPEC "Two routes"; tests/test_frozen_situations.py). */
+    if (getauxval(AT_SECURE))
+        return fail("started set-user-ID, set-group-ID or with file capabilities, it would run the caller's "
+                    "PATH with privileges the caller lacks; nothing was run: remove them (chmod u-s,g-s; setcap -r)");
     if (own_path(exe) != 0)
         return fail("cannot find its own executable (neither /proc/self/exe nor AT_EXECFN): mount /proc");
 
     /* The C route: returns only when it hands the call to Python (or its execv failed). */
-    static struct route_answer answer;
-    route_settle(argc, argv, environ, exe, &answer);
-    if (!answer.handover)
-        route_exec(argc, argv, &answer);
+    route_settle(argc, argv, environ, exe, &this_call);
+    if (!this_call.handover)
+        route_exec(argc, argv, &this_call);
+
+    if (address_space_short())
+        return no_memory();
 
     /* Isolated: no PYTHON* variables, no user site, no locale coercion (which would set LC_CTYPE
-     * in the environment the real iptables inherits), no signal handlers beyond Python's own. */
+     * in the environment the real iptables inherits). */
     if (PyImport_AppendInittab("_iptables_shim_route", route_module_init) != 0)
-        return fail("Python configuration failed (out of memory?)");
+        return no_memory();
     PyImport_FrozenModules = iptables_shim_frozen_modules;
     PyPreConfig preconfig;
     PyPreConfig_InitIsolatedConfig(&preconfig);
     preconfig.utf8_mode = 1; /* scratch images have no locale; argv and paths as UTF-8/bytes */
     PyStatus status = Py_PreInitialize(&preconfig);
     if (PyStatus_Exception(status))
-        return fail("Python pre-initialisation failed");
+        return no_memory(); /* it only allocates */
 
     PyConfig config;
     PyConfig_InitIsolatedConfig(&config);
@@ -133,6 +195,9 @@ int main(int argc, char **argv)
     config.pathconfig_warnings = 0; /* nothing on the caller's stderr (SPEC "Exec") */
     config.optimization_level = 2;
     config.parse_argv = 0;           /* argv is the caller's iptables arguments, not Python's */
+    /* No signal disposition changed (CPython otherwise ignores SIGPIPE and SIGXFSZ): the real
+     * binary gets the caller's, as a direct call would (shim.execute; SPEC "Two routes"). */
+    config.install_signal_handlers = 0;
     config.use_frozen_modules = 1;
     config.module_search_paths_set = 1; /* and empty: nothing is imported from a file */
     wchar_t *wexe = Py_DecodeLocale(exe, NULL);
@@ -146,14 +211,22 @@ int main(int argc, char **argv)
     }
     if (bad) {
         PyConfig_Clear(&config);
-        return fail("Python configuration failed (out of memory?)");
+        return no_memory();
     }
     status = Py_InitializeFromConfig(&config);
     PyConfig_Clear(&config);
     if (PyStatus_Exception(status)) {
         if (PyStatus_IsExit(status))
             return status.exitcode;
-        return fail("Python initialisation failed: the executable is damaged (copy the tree again)");
+        struct rlimit rl;
+        if ((getrlimit(RLIMIT_AS, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) ||
+            (status.err_msg && strstr(status.err_msg, "memory")))
+            return no_memory();
+        char line[512];
+        snprintf(line, sizeof line, "Python could not start (%s%s%s): the shim at %s is damaged; "
+                 "nothing was run: reinstall it (copy the tree again)", status.func ? status.func : "", status.func ? ": " : "",
+                 status.err_msg ? status.err_msg : "?", exe);
+        return fail(line);
     }
     return Py_RunMain();
 }

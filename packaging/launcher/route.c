@@ -166,9 +166,31 @@ static char *strip(char *s, char **end)
     return s;
 }
 
+/* shim.config.value: the text after a line's `=` up to its comment, a `#` after a space or tab
+ * outside the quotes that open the value; *end moves there. */
+static void cut_comment(char *text, char **end)
+{
+    char *from = text;
+    while (from < *end && blank(*from))
+        from++;
+    if (from < *end && (*from == '"' || *from == '\'')) {
+        char *close = memchr(from + 1, *from, (size_t)(*end - from - 1));
+        if (close)
+            from = close + 1;
+    }
+    if (from < text + 1)
+        from = text + 1;
+    for (char *p = from; p < *end; p++)
+        if (*p == '#' && (p[-1] == ' ' || p[-1] == '\t')) {
+            *end = p;
+            return;
+        }
+}
+
 /* shim.config.parse over a file's bytes (NUL-terminated at len, so len < the buffer): values[i]
  * point into data. Comment lines may hold any UTF-8; other lines printable ASCII, tab and CR
- * (Python's strip() knows more whitespace: a line with any other byte goes to Python). */
+ * (Python's strip() knows more whitespace: a line with any other byte goes to Python), a comment
+ * after a value included. */
 int route_parse_config(char *data, size_t len, const char **values)
 {
     if (!utf8_valid((const unsigned char *)data, len))
@@ -186,6 +208,7 @@ int route_parse_config(char *data, size_t len, const char **values)
             if (!eq)
                 return -1; /* Python: not NAME=VALUE */
             char *name_end = eq, *value_end = end;
+            cut_comment(eq + 1, &value_end);
             char *name = strip(s, &name_end), *value = strip(eq + 1, &value_end);
             *name_end = '\0';
             int index = -1;
@@ -726,8 +749,9 @@ static const char *log_line(struct route_answer *out, const struct call *c, cons
     const char *log = c->settings[SETTING_LOG];
     if (!log)
         return NULL;
-    if (format(out->log_path, sizeof out->log_path, "%s", log) ||
-        format(out->line, sizeof out->line, LINE_FORMAT, c->name, out->binary, backend, step, reason, how, key) ||
+    if (format(out->log_path, sizeof out->log_path, "%s", log))
+        return "the log file's path is longer than the C route holds (Python tries it)";
+    if (format(out->line, sizeof out->line, LINE_FORMAT, c->name, out->binary, backend, step, reason, how, key) ||
         strlen(out->line) > MAX_LINE)
         return "the log line is longer than the C route writes whole (Python clips it)";
     return NULL;
@@ -956,36 +980,55 @@ void route_settle(int argc, char **argv, char **envp, const char *exe, struct ro
 
 /* -- the exec: shim.execute.exec_real and shim.log.append ------------------------------------- */
 
-static void append_log(const struct route_answer *a)
+/* shim.writes.write_whole: one write(2) of the shim's own (the log), whole or failed. A file-size
+ * limit (ulimit -f) makes the kernel send SIGXFSZ, which kills by default: it is ignored for this
+ * write, or, where the caller blocks it, the one this write raised is discarded; the caller's
+ * disposition, mask and pending signals are as they were (tests/test_frozen_situations.py). */
+static int write_whole(int fd, const char *data, size_t len)
+{
+    struct sigaction ign = {.sa_handler = SIG_IGN}, old;
+    sigset_t mask, pending;
+    sigemptyset(&ign.sa_mask);
+    if (sigprocmask(SIG_BLOCK, NULL, &mask) != 0 || sigpending(&pending) != 0)
+        return -1;
+    int blocked = sigismember(&mask, SIGXFSZ) == 1, was_pending = sigismember(&pending, SIGXFSZ) == 1;
+    if (!blocked && sigaction(SIGXFSZ, &ign, &old) != 0)
+        return -1;
+    ssize_t n;
+    do
+        n = write(fd, data, len);
+    while (n < 0 && errno == EINTR);
+    if (!blocked)
+        sigaction(SIGXFSZ, &old, NULL);
+    else if (!was_pending && sigpending(&pending) == 0 && sigismember(&pending, SIGXFSZ) == 1 &&
+             sigaction(SIGXFSZ, &ign, &old) == 0) /* setting SIG_IGN discards a pending SIGXFSZ */
+        sigaction(SIGXFSZ, &old, NULL);
+    return n >= 0 && (size_t)n == len ? 0 : -1;
+}
+
+/* 1 where the record was written whole. A log that cannot be written never stops the call. */
+static int append_log(const struct route_answer *a)
 {
     char stamp[64], record[ROUTE_TEXT + 128];
     time_t now = time(NULL);
     struct tm tm;
     if (!localtime_r(&now, &tm) || strftime(stamp, sizeof stamp, TIME_FORMAT, &tm) == 0)
-        return;
+        return 0;
     if (format(record, sizeof record, RECORD_FORMAT, stamp, (int)getpid(), a->line))
-        return;
+        return 0;
     int fd = openat(AT_FDCWD, a->log_path, O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK, 0640);
     if (fd < 0)
-        return;
-    ssize_t n = write(fd, record, strlen(record));
-    (void)n; /* a log that cannot be written never stops the call (shim.log.append) */
+        return 0;
+    int ok = write_whole(fd, record, strlen(record)) == 0;
     close(fd);
+    return ok;
 }
 
-void route_exec(int argc, char **argv, const struct route_answer *a)
+void route_exec(int argc, char **argv, struct route_answer *a)
 {
-    if (a->log_path[0])
-        append_log(a);
-    /* The dispositions Python's exec_real gives: SIGPIPE and SIGXFSZ as the kernel's defaults. */
-    struct sigaction dfl = {.sa_handler = SIG_DFL}, old_pipe, old_xfsz;
-    sigemptyset(&dfl.sa_mask);
-    if (sigaction(SIGPIPE, &dfl, &old_pipe) != 0)
-        return;
-    if (sigaction(SIGXFSZ, &dfl, &old_xfsz) != 0) {
-        sigaction(SIGPIPE, &old_pipe, NULL);
-        return;
-    }
+    /* The caller's signal dispositions and mask pass to the real binary untouched: the frozen
+     * tree's Python changes none either (main.c), so both routes exec as a direct call would. */
+    a->logged = a->log_path[0] && append_log(a);
     const char *before = getenv(REENTRY_MARKER); /* unset or empty: settle() handed any other over */
     int had = before != NULL;
     static char *few[256]; /* no allocation (a few system calls) for the usual argv */
@@ -1005,6 +1048,4 @@ void route_exec(int argc, char **argv, const struct route_answer *a)
     }
     if (args != few)
         free(args);
-    sigaction(SIGPIPE, &old_pipe, NULL);
-    sigaction(SIGXFSZ, &old_xfsz, NULL);
 }

@@ -15,6 +15,7 @@ struct route_answer {
     int mark_reentry;       /* set REENTRY_MARKER=exe first (an alias that may be a script) */
     char log_path[PATH_MAX];/* "" when no log file is set */
     char line[ROUTE_TEXT];  /* the call's line (shim.log.format_line) */
+    int logged;             /* route_exec wrote the line to the log file (then its execv failed) */
 };
 
 /* The answer to a call of argv[0]'s basename with environment envp by the executable exe
@@ -24,9 +25,10 @@ void route_settle(int argc, char **argv, char **envp, const char *exe, struct ro
 /* The same for the tool `name` (explain asks it for the name it reports on). */
 void route_settle_name(const char *name, char **envp, const char *exe, struct route_answer *out);
 
-/* The log line, the signal dispositions and the environment Python's exec_real gives, then
- * execv. Returns only when execv failed, with the environment and dispositions as they were. */
-void route_exec(int argc, char **argv, const struct route_answer *answer);
+/* The log line and the environment Python's exec_real gives, then execv with the caller's signal
+ * dispositions and mask. Returns only when execv failed, with the environment as it was and
+ * answer->logged set where the line was written. */
+void route_exec(int argc, char **argv, struct route_answer *answer);
 
 /* The parsers of untrusted bytes, for the fuzz harness (tests/launcher/fuzz.c). Each returns 0
  * when it parsed the bytes as Python would, -1 when Python must read them. */
