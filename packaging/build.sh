@@ -153,6 +153,27 @@ build_python() {
         patch -d "$py" -p1 -s <"$series/$p" || die "Debian's patch $p does not apply"
         echo "$p" >>"$work/patches-applied"
     done
+    # Deep-frozen into the interpreter: only what its start imports (importlib, zipimport, abc,
+    # codecs, io). os, site, runpy, the path modules and the test modules were 0.5 MB of objects
+    # there; the shim's os (a verb's, never a call's: tests/test_hot_path.py) is frozen in with the
+    # shim's modules, compressed (freeze.py).
+    "$BUILD_PYTHON" - "$py/Tools/scripts/freeze_modules.py" <<'PY' || die "Tools/scripts/freeze_modules.py: its FROZEN list is not where build.sh trims it"
+import sys
+path = sys.argv[1]
+text = open(path).read()
+start = text.index("FROZEN = [\n")
+end = text.index("\n]\n", start) + 3
+text = text[:start] + """FROZEN = [
+    ('import system', ['importlib._bootstrap : _frozen_importlib',
+                       'importlib._bootstrap_external : _frozen_importlib_external', 'zipimport']),
+    ('stdlib - startup, without site (python -S)', ['abc', 'codecs', 'io']),
+    (TESTS_SECTION, ['__hello__']),
+]
+""" + text[end:]
+open(path, "w").write(text)
+PY
+    (cd "$py" && "$BUILD_PYTHON" Tools/scripts/freeze_modules.py) >"$work/freeze_modules.log" 2>&1 ||
+        die "Tools/scripts/freeze_modules.py failed, see $work/freeze_modules.log"
     cp "$REPO/packaging/launcher/shimsys.c" "$py/Modules/_iptables_shim.c"
     # Built in: the shim's own module and BUILTIN_MODULES; every other module of Setup.stdlib is
     # disabled. The build's date is the Python source's own (its Debian changelog), not today's:
@@ -189,7 +210,7 @@ build_python() {
     # stdlib table) and those built in (Modules/config.c's inittab).
     sed -n '/stdlib_modules\[\] = {/,/^};/p' "$py/Python/frozen.c" | sed -n 's/^ *{"\([^"<]*\)".*/\1/p' >"$work/frozen-names"
     sed -n 's/^ *{"\([A-Za-z0-9_]*\)", .*/\1/p' "$py/Modules/config.c" >"$work/builtin-names"
-    grep -qx os "$work/frozen-names" && grep -qx posix "$work/builtin-names" ||
+    grep -qx io "$work/frozen-names" && grep -qx posix "$work/builtin-names" ||
         die "Python/frozen.c or Modules/config.c: not where build.sh reads the frozen and builtin names"
     rm -rf "$work/include"
     cp -a "$py/Include" "$work/include"
