@@ -15,7 +15,11 @@
  * asks the kernel about rules. Its names and texts come from shim/ (settled.h, made by
  * settled_h.py); the conformance suite (tests/test_fast_route.py) runs every case both ways.
  *
- * Each read is bounded by a fixed buffer; each call's result is checked. Model: runc's nsexec.c,
+ * Each read is bounded by a fixed buffer; each call's result is checked. A buffer of a path or
+ * more is static, never on the stack: the route runs once per process (explain's settle one call
+ * at a time), single-threaded, none of its functions re-entered, and it must run under any stack
+ * a caller's limit leaves where Python's route runs, which needs 40 KiB; it needs 24 KiB
+ * (tests/test_fast_route.py::test_a_small_stack_never_kills_the_call). Model: runc's nsexec.c,
  * C that runs before the real runtime and returns when it has nothing to do. */
 
 #define _GNU_SOURCE
@@ -241,7 +245,7 @@ static char config_buffers[2][CONFIG_MAX_FILE + 2];
 /* The settings that are set (NULL: unset): the files, then the environment over them. */
 static const char *load_settings(char **envp, const char *exe, const char **values)
 {
-    char tree_file[PATH_MAX];
+    static char tree_file[PATH_MAX];
     const char *dir_end = strrchr(exe, '/');
     if (!dir_end || format(tree_file, sizeof tree_file, "%.*s/%s", (int)(dir_end - exe), exe, TREE_CONFIG))
         return "the tree's configuration file has no path";
@@ -283,7 +287,7 @@ static int beside(const char *path, const char *name, char *out)
  * more than fits. */
 static int next_link(char *path)
 {
-    char target[PATH_MAX], next[PATH_MAX];
+    static char target[PATH_MAX], next[PATH_MAX];
     ssize_t n = readlink(path, target, sizeof target);
     if (n < 0)
         return -1;
@@ -314,7 +318,7 @@ static int chain_last(const char *path, char *last)
 /* backend_from_links: index in BACKENDS, -1 when the chain does not say, -2 when unreadable. */
 static int backend_from_links(const char *path)
 {
-    char current[PATH_MAX];
+    static char current[PATH_MAX];
     if (format(current, sizeof current, "%s", path))
         return -2;
     for (int n = 0;; n++) {
@@ -341,7 +345,7 @@ static int backend_from_links(const char *path)
 static int is_shim_copy(const char *path, const struct stat *st)
 {
     if (st->st_size > SHIM_COPY_SIZE) {
-        char last[PATH_MAX], mark[PATH_MAX];
+        static char last[PATH_MAX], mark[PATH_MAX];
         if (chain_last(path, last) != 0 || beside(last, FROZEN_MARK, mark))
             return -1;
         struct stat m;
@@ -350,7 +354,7 @@ static int is_shim_copy(const char *path, const struct stat *st)
     int fd = openat(AT_FDCWD, path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return 0; /* Python: OSError, not a copy */
-    char head[SHIM_COPY_READ];
+    static char head[SHIM_COPY_READ];
     size_t len = 0;
     int r = read_all(fd, head, sizeof head, &len);
     close(fd);
@@ -370,7 +374,7 @@ static int find_on_path(const char *const *names, int count, const char *path_en
     for (;;) {
         const char *colon = strchr(p, ':');
         size_t n = colon ? (size_t)(colon - p) : strlen(p);
-        char dir[PATH_MAX];
+        static char dir[PATH_MAX];
         if (n > 0 && p[0] == '/') {
             if (n >= sizeof dir)
                 return -1;
@@ -381,7 +385,7 @@ static int find_on_path(const char *const *names, int count, const char *path_en
             while (n > 0 && dir[n - 1] == '/')
                 dir[--n] = '\0';
             for (int i = 0; searched && i < count; i++) {
-                char path[PATH_MAX];
+                static char path[PATH_MAX];
                 struct stat st;
                 if (found[i][0])
                     continue;
@@ -413,7 +417,7 @@ static int find_on_path(const char *const *names, int count, const char *path_en
 /* is_multicall_binary: iptables' own ELF multi-call binary, which never calls iptables again. */
 static int is_multicall_binary(const char *path)
 {
-    char last[PATH_MAX];
+    static char last[PATH_MAX];
     if (chain_last(path, last) != 0)
         return -1;
     const char *name = basename_of(last);
@@ -711,7 +715,7 @@ static int recorded_alias(struct call *c, const char *name, char *out)
 static int lookup(struct call *c, const char *name, int recorded, char *out)
 {
     const char *names[1] = {name};
-    char found[1][PATH_MAX];
+    static char found[1][PATH_MAX];
     if (find_on_path(names, 1, c->path_env, &c->shim, found) != 0)
         return -1;
     memcpy(out, found[0], strlen(found[0]) + 1);
@@ -759,7 +763,7 @@ static int choose(const char *variant, const char *alias, int backend, int step,
 static int by_caller(struct call *c, int privileged, struct route_answer *out, int *backend, int *step,
                      char *reason, char *alias, char (*wanted)[64])
 {
-    char default_alias[PATH_MAX], variant[PATH_MAX];
+    static char default_alias[PATH_MAX], variant[PATH_MAX];
     int first = -1;
     for (int i = 0; i < ALIAS_COUNT && first < 0; i++) {
         if (lookup(c, ALIAS_ORDER[i], 1, default_alias) != 0)
@@ -805,7 +809,7 @@ static int by_caller(struct call *c, int privileged, struct route_answer *out, i
 static int binary_of(struct call *c, int backend, int step, char *alias, char (*wanted)[64], struct route_answer *out)
 {
     const char *names[2] = {wanted[backend], c->name};
-    char found[2][PATH_MAX];
+    static char found[2][PATH_MAX];
     if (find_on_path(names, 2, c->path_env, &c->shim, found) != 0)
         return out->handover = BAD_PATH, -1;
     memcpy(alias, found[1], strlen(found[1]) + 1);
@@ -825,7 +829,7 @@ static int by_cache(const char *cache_dir, char *key, size_t key_size, int *back
         return out->handover = "the cache is off: Python gathers the netns's facts", -1;
     if (netns_key(key, key_size) != 0)
         return out->handover = "no netns cookie (Linux < 5.14): Python decides", -1;
-    char entry_path[PATH_MAX];
+    static char entry_path[PATH_MAX];
     struct stat st;
     if (format(entry_path, sizeof entry_path, "%s/%s", cache_dir, key))
         return out->handover = "a cache path too long", -1;
@@ -867,7 +871,8 @@ static void settle(struct call *c, char **envp, struct route_answer *out)
         if (format(wanted[b], sizeof wanted[b], "%s-%s%s", c->family, BACKENDS[b], c->suffix))
             HAND("a name too long");
     static char reason[ROUTE_TEXT], how[ROUTE_TEXT];
-    char alias[PATH_MAX], key[64] = "";
+    static char alias[PATH_MAX];
+    char key[64] = "";
     int backend, step;
 
     if (s[SETTING_MODE]) { /* step 1: the override */
