@@ -223,6 +223,26 @@ static int owned_alone(const struct stat *st, uid_t uid)
     return st->st_uid == uid && !(st->st_mode & (S_IWGRP | S_IWOTH));
 }
 
+/* shim.cache.open_dir: the directory at path itself, never what a symlink there leads to (-1 when
+ * it cannot be opened so). Trailing slashes go first: with one, the kernel follows a final symlink
+ * even under O_NOFOLLOW; a last component "." or ".." (what is behind the one before) is refused.
+ * What is under it is opened relative to the descriptor: the directory checked is the one read. */
+static int open_dir(const char *path)
+{
+    static char dir[PATH_MAX];
+    size_t n = strlen(path);
+    while (n > 1 && path[n - 1] == '/')
+        n--;
+    if (n >= sizeof dir)
+        return -1;
+    memcpy(dir, path, n);
+    dir[n] = '\0';
+    const char *last = basename_of(dir);
+    if (strcmp(last, ".") == 0 || strcmp(last, "..") == 0)
+        return -1;
+    return openat(AT_FDCWD, dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+}
+
 /* shim.config.read_file: ENOENT is no file; anything Python would refuse goes to Python. */
 static int read_config(const char *path, char *buf, const char **values)
 {
@@ -341,6 +361,21 @@ static int backend_from_links(const char *path)
     }
 }
 
+/* binaries.read_head: every byte up to size of the regular file at path; -1 when it cannot be
+ * opened or read or is no regular file. O_NONBLOCK: a FIFO put in place of a candidate after its
+ * stat must not block the call:
+ * tests/test_fast_route_generated.py::test_a_candidate_swapped_for_a_fifo_after_its_stat_never_blocks */
+static int read_head(const char *path, char *buf, size_t size, size_t *len)
+{
+    int fd = openat(AT_FDCWD, path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    struct stat st;
+    int r = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) ? read_all(fd, buf, size, len) : -1;
+    close(fd);
+    return r;
+}
+
 /* is_shim_copy: 1 a copy of the shim, 0 not, -1 unknowable here. */
 static int is_shim_copy(const char *path, const struct stat *st)
 {
@@ -351,15 +386,10 @@ static int is_shim_copy(const char *path, const struct stat *st)
         struct stat m;
         return stat(mark, &m) == 0;
     }
-    int fd = openat(AT_FDCWD, path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return 0; /* Python: OSError, not a copy */
     static char head[SHIM_COPY_READ];
     size_t len = 0;
-    int r = read_all(fd, head, sizeof head, &len);
-    close(fd);
-    if (r != 0)
-        return 0;
+    if (read_head(path, head, sizeof head, &len) != 0)
+        return 0; /* Python: None, not a copy */
     return memmem(head, len, SHIM_MARK, strlen(SHIM_MARK)) != NULL;
 }
 
@@ -423,14 +453,9 @@ static int is_multicall_binary(const char *path)
     const char *name = basename_of(last);
     if (strcmp(name, "xtables-nft-multi") && strcmp(name, "xtables-legacy-multi") && strcmp(name, OLD_MULTI))
         return 0;
-    int fd = openat(AT_FDCWD, last, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return 0;
     char magic[4];
     size_t len = 0;
-    int r = read_all(fd, magic, sizeof magic, &len);
-    close(fd);
-    return r == 0 && len == 4 && memcmp(magic, "\177ELF", 4) == 0;
+    return read_head(last, magic, sizeof magic, &len) == 0 && len == 4 && memcmp(magic, "\177ELF", 4) == 0;
 }
 
 /* -- the caller's facts: shim.facts.context, privilege, netns, kernel_support ------------------ */
@@ -608,10 +633,11 @@ struct record {
     char alias[SHIM_NAME_COUNT][PATH_MAX]; /* by index in SHIM_NAMES; "" when none */
 };
 
-/* Record.parse over the file's bytes: aliases by name, the last line of a name winning. -1 where
- * Python would read the text otherwise (anything but printable ASCII, tab and newline); 1 where
- * Python refuses the record (then it has no aliases). */
-static int parse_record(char *data, size_t len, struct record *r)
+/* Record.parse over the file's bytes (NUL-terminated at len, so len < the buffer): aliases by name
+ * (alias[SHIM_NAME_COUNT], by index in SHIM_NAMES, "" when none), the last line of a name winning.
+ * -1 where Python would read the text otherwise (anything but printable ASCII, tab and newline); 1
+ * where Python refuses the record (then it has no aliases). */
+int route_parse_record(char *data, size_t len, char (*alias)[PATH_MAX])
 {
     for (size_t i = 0; i < len; i++)
         if ((data[i] < 0x20 || data[i] > 0x7e) && data[i] != '\t' && data[i] != '\n')
@@ -636,7 +662,7 @@ static int parse_record(char *data, size_t len, struct record *r)
             continue;
         if (strcmp(words[0], "alias") == 0 && n == 3 && words[2][0] == '/') {
             int i = in_list(words[1], SHIM_NAMES);
-            if (i >= 0 && format(r->alias[i], PATH_MAX, "%s", words[2]))
+            if (i >= 0 && format(alias[i], PATH_MAX, "%s", words[2]))
                 return -1;
             continue;
         }
@@ -653,21 +679,34 @@ static void read_record(struct record *r, const struct identity *shim)
     r->state = 1;
     if (stat(STATE_FILE, &st) != 0)
         return; /* with_recorded_aliases: no record */
-    int fd = openat(AT_FDCWD, STATE_FILE, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    /* install.read_record: the directory and the file themselves (no symlink, no trailing slash
+     * followed), each fstat'ed; the file opened without blocking and read only when regular. */
+    int dir_fd = open_dir(STATE_DIR);
+    if (dir_fd < 0)
+        return; /* read_record's error: no aliases */
+    int fd = openat(dir_fd, STATE_NAME, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    int dir_read = fstat(dir_fd, &dir) == 0;
+    close(dir_fd);
     if (fd < 0)
         return; /* read_record's error: no aliases */
-    size_t len = 0;
-    int ok = fstat(fd, &st) == 0 && read_all(fd, text, sizeof text, &len) == 0;
-    close(fd);
-    char dirname[] = STATE_FILE;
-    *strrchr(dirname, '/') = '\0';
-    if (!ok || len == sizeof text || stat(dirname, &dir) != 0) {
+    if (!dir_read || fstat(fd, &st) != 0) {
+        close(fd);
         r->state = -1;
         return;
     }
-    if (!S_ISREG(st.st_mode) || !owned_alone(&st, 0) || !owned_alone(&dir, 0))
+    if (!S_ISREG(st.st_mode) || !owned_alone(&st, 0) || !owned_alone(&dir, 0)) {
+        close(fd);
         return; /* not trusted: no aliases */
-    int parsed = parse_record(text, len, r);
+    }
+    size_t len = 0;
+    int ok = read_all(fd, text, sizeof text, &len) == 0;
+    close(fd);
+    if (!ok || len == sizeof text) {
+        r->state = -1;
+        return;
+    }
+    text[len] = '\0';
+    int parsed = route_parse_record(text, len, r->alias);
     if (parsed != 0) {
         memset(r->alias, 0, sizeof r->alias);
         r->state = parsed < 0 ? -1 : 1;
@@ -829,14 +868,17 @@ static int by_cache(const char *cache_dir, char *key, size_t key_size, int *back
         return out->handover = "the cache is off: Python gathers the netns's facts", -1;
     if (netns_key(key, key_size) != 0)
         return out->handover = "no netns cookie (Linux < 5.14): Python decides", -1;
-    static char entry_path[PATH_MAX];
     struct stat st;
-    if (format(entry_path, sizeof entry_path, "%s/%s", cache_dir, key))
-        return out->handover = "a cache path too long", -1;
     uid_t euid = geteuid();
-    if (lstat(cache_dir, &st) != 0 || !trusted(&st, 1, euid))
+    int dir_fd = open_dir(cache_dir);
+    if (dir_fd < 0)
         return out->handover = "no trusted cache directory: Python decides", -1;
-    int fd = openat(AT_FDCWD, entry_path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (fstat(dir_fd, &st) != 0 || !trusted(&st, 1, euid)) {
+        close(dir_fd);
+        return out->handover = "no trusted cache directory: Python decides", -1;
+    }
+    int fd = openat(dir_fd, key, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    close(dir_fd);
     if (fd < 0)
         return out->handover = "no cache entry for this netns: Python decides", -1;
     static char entry[CACHE_MAX_ENTRY];
