@@ -256,12 +256,20 @@ def read_group(admin, name):
     priority (RHEL may prefix a family as @family@), one line per slave (empty: none), and a
     final empty line."""
     try:
-        with open(os.path.join(admin, name)) as f:
-            lines = f.read().split("\n")
+        fd = os.open(os.path.join(admin, name), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO: no hang
     except FileNotFoundError:
         return None
     except OSError as e:
         raise ShimError("cannot read %s/%s: %s" % (admin, name, e.strerror))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ShimError("cannot read %s/%s: not a regular file; nothing was changed" % (admin, name))
+        with os.fdopen(fd, closefd=False) as f:
+            lines = f.read().split("\n")
+    except (OSError, ValueError) as e:
+        raise ShimError("cannot read %s/%s: %s" % (admin, name, getattr(e, "strerror", None) or e))
+    finally:
+        os.close(fd)
     try:
         mode, link = lines[0], lines[1]
         i = 2

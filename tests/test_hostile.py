@@ -193,6 +193,31 @@ def test_fifos_in_place_of_what_the_shim_reads(netns, tmp_path):
     assert "is not a regular file" in shim_error_line(proc)
 
 
+def test_fifos_in_place_of_the_files_the_verbs_read(tmp_path):
+    """A FIFO as an alternatives group's file (install --alternatives) or as a netns file given to
+    doctor: refused or not a namespace, at once. Failed before (opened blocking: the verb hung)."""
+    import signal
+
+    from shim.doctor.namespaces import namespace_type
+    from shim.errors import ShimError
+    from shim.install import read_group
+
+    os.mkfifo(str(tmp_path / "iptables"), 0o644)
+
+    def hung(*_):
+        raise TimeoutError("blocked on a FIFO")
+
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(5)
+    try:
+        with pytest.raises(ShimError, match="not a regular file"):
+            read_group(str(tmp_path), "iptables")
+        assert namespace_type(str(tmp_path / "iptables")) is None
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
 @pytest.mark.slow
 def test_entry_swapped_by_an_attacker_while_calls_run(netns, cache_dir, tmp_path):
     """An attacker keeps replacing the entry (atomically, by rename) with a symlink to an entry
