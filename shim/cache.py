@@ -8,6 +8,7 @@ about a millisecond, as much as the rest of the shim's own work on a hit (tests/
 What is stored, and why only that: docs/decision.md#cache.
 """
 
+import errno  # builtin
 import posix
 import stat  # pure constants over the builtin _stat; imports nothing else
 
@@ -18,6 +19,7 @@ MAX_ENTRY = 4096  # bytes in one entry
 MAX_ENTRIES = 1024  # entries in the directory before the older half is pruned
 KEY_PREFIXES = ("cookie-", "netns-ino-")  # netns.netns_key(), netns.inode_key(): the only entries pruned
 _OPEN_FLAGS = posix.O_RDONLY | posix.O_NOFOLLOW | posix.O_NONBLOCK | posix.O_CLOEXEC
+_DIR_FLAGS = posix.O_RDONLY | posix.O_DIRECTORY | posix.O_NOFOLLOW | posix.O_CLOEXEC
 
 
 def cache_dir(cache_setting, dir_setting):
@@ -33,11 +35,32 @@ def _trusted(st, want_dir):
     return kind_ok and st.st_uid == posix.geteuid() and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
 
 
+def open_dir(path):
+    """A descriptor of the directory at path itself, never of what a symlink there leads to; OSError
+    if it cannot be opened so. Trailing slashes go first: with one, the kernel follows a final
+    symlink even under O_NOFOLLOW. A last component `.` or `..` names what is behind the component
+    before it (a symlink, maybe): refused. Everything under it is then opened relative to the
+    descriptor, so the directory checked is the one read (docs/reliability.md#what-the-shim-trusts;
+    tests/test_fast_route_generated.py::test_a_symlink_or_fifo_is_trusted_by_neither_route)."""
+    path = path.rstrip("/") or "/"
+    if path.rpartition("/")[2] in (".", ".."):
+        raise OSError(errno.EINVAL, "a directory named by . or ..", path)
+    return posix.open(path, _DIR_FLAGS)
+
+
 def _trusted_dir(directory):
+    """open_dir(directory) when it is this user's alone, else None."""
     try:
-        return _trusted(posix.lstat(directory), want_dir=True)
+        fd = open_dir(directory)
     except OSError:
-        return False
+        return None
+    try:
+        if _trusted(posix.fstat(fd), want_dir=True):
+            return fd
+    except OSError:
+        pass
+    posix.close(fd)
+    return None
 
 
 def parse_entry(data):
@@ -61,12 +84,15 @@ def format_entry(backend, step, reason):
 
 def load(directory, key):
     """The cached (backend, step, reason) for key, or None if absent or untrusted."""
-    if not _trusted_dir(directory):
+    dir_fd = _trusted_dir(directory)
+    if dir_fd is None:
         return None
     try:
-        fd = posix.open(directory + "/" + key, _OPEN_FLAGS)  # a symlink fails with ELOOP
+        fd = posix.open(key, _OPEN_FLAGS, dir_fd=dir_fd)  # a symlink fails with ELOOP
     except OSError:
         return None
+    finally:
+        posix.close(dir_fd)
     try:
         if not _trusted(posix.fstat(fd), want_dir=False):
             return None
@@ -86,16 +112,26 @@ def store(directory, key, backend, step, reason):
         pass
     except OSError:
         return False
-    if not _trusted_dir(directory):
+    dir_fd = _trusted_dir(directory)
+    if dir_fd is None:
         return False
-    tmp = "%s/.%s.%d.tmp" % (directory, key, posix.getpid())
     try:
-        posix.unlink(tmp)  # left by a process that died mid-write with the same PID
+        return _store_in(dir_fd, key, backend, step, reason)
+    finally:
+        posix.close(dir_fd)
+
+
+def _store_in(dir_fd, key, backend, step, reason):
+    """store() in the directory checked, by its descriptor: what a rename of the directory or of
+    a component above it does meanwhile changes nothing."""
+    tmp = ".%s.%d.tmp" % (key, posix.getpid())
+    try:
+        posix.unlink(tmp, dir_fd=dir_fd)  # left by a process that died mid-write with the same PID
     except OSError:
         pass
     try:
         fd = posix.open(tmp, posix.O_WRONLY | posix.O_CREAT | posix.O_EXCL | posix.O_NOFOLLOW | posix.O_CLOEXEC,
-                        0o600)
+                        0o600, dir_fd=dir_fd)
     except OSError:
         return False
     from shim.writes import write_whole  # the cold path only
@@ -108,24 +144,24 @@ def store(directory, key, backend, step, reason):
         finally:
             posix.close(fd)
         # rename replaces a symlink or a bad file itself, never what a symlink points to.
-        posix.rename(tmp, directory + "/" + key)
+        posix.rename(tmp, key, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except OSError:
         try:
-            posix.unlink(tmp)
+            posix.unlink(tmp, dir_fd=dir_fd)
         except OSError:
             pass
         return False
-    prune(directory)
+    prune(dir_fd)
     return True
 
 
-def prune(directory, limit=MAX_ENTRIES):
+def prune(dir_fd, limit=MAX_ENTRIES):
     """Past `limit` entries, delete the older half. A node that churns pods leaves one entry per
     dead netns (cookies are never reused, so those are never read again); an entry deleted while
     its netns lives costs that netns one cold decision, nothing more. Called after a store: the
     cold path, once per netns."""
     try:
-        names = [n for n in posix.listdir(directory) if n.startswith(KEY_PREFIXES)]
+        names = [n for n in posix.listdir(dir_fd) if n.startswith(KEY_PREFIXES)]
     except OSError:
         return
     if len(names) <= limit:
@@ -133,12 +169,12 @@ def prune(directory, limit=MAX_ENTRIES):
     aged = []
     for name in names:
         try:
-            aged.append((posix.lstat(directory + "/" + name).st_mtime, name))
+            aged.append((posix.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mtime, name))
         except OSError:
             pass
     aged.sort()
     for _, name in aged[:len(aged) - limit // 2]:
         try:
-            posix.unlink(directory + "/" + name)
+            posix.unlink(name, dir_fd=dir_fd)
         except OSError:
             pass

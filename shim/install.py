@@ -18,9 +18,11 @@ in force is recorded in STATE_FILE: that recorded choice is the shim's default a
 there (tests/test_alternatives.py compares `update-alternatives --query` byte for byte).
 """
 
+import errno
 import os
 import stat
 
+from shim.cache import open_dir
 from shim.errors import ShimError
 from shim.facts.binaries import identity as _identity
 from shim.tools import CLI_NAME, SHIM_NAMES
@@ -254,12 +256,20 @@ def read_group(admin, name):
     priority (RHEL may prefix a family as @family@), one line per slave (empty: none), and a
     final empty line."""
     try:
-        with open(os.path.join(admin, name)) as f:
-            lines = f.read().split("\n")
+        fd = os.open(os.path.join(admin, name), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO: no hang
     except FileNotFoundError:
         return None
     except OSError as e:
         raise ShimError("cannot read %s/%s: %s" % (admin, name, e.strerror))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ShimError("cannot read %s/%s: not a regular file; nothing was changed" % (admin, name))
+        with os.fdopen(fd, closefd=False) as f:
+            lines = f.read().split("\n")
+    except (OSError, ValueError) as e:
+        raise ShimError("cannot read %s/%s: %s" % (admin, name, getattr(e, "strerror", None) or e))
+    finally:
+        os.close(fd)
     try:
         mode, link = lines[0], lines[1]
         i = 2
@@ -338,23 +348,41 @@ def _trusted(st):
 
 
 def read_record(path=STATE_FILE):
-    """The record, or None if there is none; ShimError if it is there but not to be trusted."""
+    """The record, or None if there is none; ShimError if it is there but not to be trusted.
+    The directory and the file themselves, never what a symlink there (or a trailing slash) leads
+    to, each checked by its descriptor; the file opened without blocking (a FIFO put there must not
+    hang every call) and read only when regular
+    (tests/test_hostile.py::test_fifos_in_place_of_what_the_shim_reads)."""
+    directory, _, name = path.rpartition("/")
+    untrusted = ("%s is not a root-owned file in a root-owned directory writable by root only: not "
+                 "trusted; remove it" % path)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        dir_fd = open_dir(directory or "/")
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise ShimError(untrusted if e.errno == errno.ELOOP else "cannot read %s: %s" % (path, e.strerror))
+    try:
+        dst = os.fstat(dir_fd)
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
     except FileNotFoundError:
         return None
     except OSError as e:
         raise ShimError("cannot read %s: %s" % (path, e.strerror))
-    with os.fdopen(fd) as f:
-        st = os.fstat(f.fileno())
-        dst = os.stat(os.path.dirname(path))
+    finally:
+        os.close(dir_fd)
+    try:
+        st = os.fstat(fd)
         if not (stat.S_ISREG(st.st_mode) and _trusted(st) and _trusted(dst)):
-            raise ShimError("%s is not a root-owned file in a root-owned directory writable by root "
-                            "only: not trusted; remove it" % path)
-        try:
+            raise ShimError(untrusted)  # checked before fdopen, which raises on a directory
+        with os.fdopen(fd, closefd=False) as f:
             return Record.parse(f.read())
-        except ValueError as e:
-            raise ShimError("%s: unreadable line %r; it was not written by this shim" % (path, str(e)))
+    except ValueError as e:  # a line Record.parse refuses, or not UTF-8
+        raise ShimError("%s: unreadable line %r; it was not written by this shim" % (path, str(e)))
+    except OSError as e:
+        raise ShimError("cannot read %s: %s" % (path, e.strerror))
+    finally:
+        os.close(fd)
 
 
 def recorded_aliases(shim_ids=(), path=STATE_FILE):

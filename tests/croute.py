@@ -99,6 +99,14 @@ def libfuzzer():
     return out
 
 
+def fifo_as_file():
+    """tests/croute/fifo_as_file.c as an LD_PRELOAD library: stat() calls a FIFO a regular file."""
+    out = os.path.join(build_dir(), "fifo_as_file.so")
+    if not os.path.exists(out):
+        _compile("gcc", ["-shared", "-fPIC", "-O2"], [os.path.join(HERE, "fifo_as_file.c")], out)
+    return out
+
+
 def compare_script():
     """tests/croute/compare.py and this module, copied where every caller can read them."""
     out = os.path.join(build_dir(), "compare.py")

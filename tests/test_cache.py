@@ -189,8 +189,12 @@ def test_entry_that_is_a_directory_costs_only_speed(netns, cache_dir, tmp_path):
     assert cache_files(cache_dir) == [key] and os.path.isdir(str(cache_dir / key))
 
 
-@pytest.mark.parametrize("kind", ["group-writable", "world-writable", "other-owner", "symlink"])
+@pytest.mark.parametrize("kind", ["group-writable", "world-writable", "other-owner", "symlink",
+                                  "symlink, given with a trailing slash", "symlink, given as link/."])
 def test_untrusted_cache_directory_is_neither_read_nor_written(netns, cache_dir, tmp_path, kind):
+    """A trailing slash makes the kernel follow a final symlink even under O_NOFOLLOW, and link/.
+    names what is behind it: the directory behind the link is neither read nor written. Failed
+    before for those two (the entry was read and obeyed: nft)."""
     legacy_netns(netns)
     key = netns.cache_key()
     real = tmp_path / "real-cache"
@@ -198,20 +202,35 @@ def test_untrusted_cache_directory_is_neither_read_nor_written(netns, cache_dir,
     with open(str(real / key), "wb") as f:
         f.write(WRONG)
     os.chmod(str(real / key), 0o600)
-    if kind == "symlink":
+    if kind.startswith("symlink"):
         os.symlink(str(real), str(cache_dir))
     else:
         os.rename(str(real), str(cache_dir))
         os.chmod(str(cache_dir), {"group-writable": 0o770, "world-writable": 0o707}.get(kind, 0o700))
         if kind == "other-owner":
             os.chown(str(cache_dir), 65534, 65534)
-    env = shim_env(cache_dir, **CONTAINER)
+    given = {"symlink, given with a trailing slash": "%s/", "symlink, given as link/.": "%s/."}.get(kind, "%s")
+    env = shim_env(given % cache_dir, **CONTAINER)
     proc = add(netns, env, "192.0.2.1")
     assert proc.returncode == 0 and proc.stderr == b"", proc.stderr
     assert holder(netns, "192.0.2.1") == ["legacy"]
     assert cache_files(cache_dir) == [key]
     with open(str(cache_dir / key), "rb") as f:
         assert f.read() == WRONG  # left alone: the shim does not write into a directory it distrusts
+
+
+def test_a_trusted_directory_given_with_trailing_slashes_is_used(netns, cache_dir):
+    """`IPTABLES_SHIM_CACHE_DIR=/run/x//`: the directory itself, written and then read (the slashes
+    stripped before it is opened without following a symlink)."""
+    legacy_netns(netns)
+    env = shim_env(str(cache_dir) + "//", **CONTAINER)
+    for source in ("192.0.2.1", "192.0.2.2"):
+        proc = add(netns, env, source)
+        assert proc.returncode == 0 and proc.stderr == b"", proc.stderr
+    assert cache_files(cache_dir) == [netns.cache_key()]
+    assert_good_entry(cache_dir / netns.cache_key(), "legacy")
+    proc, _ = call(netns, ["iptables-shim", "explain"], env)
+    assert b"//, entry for this netns: legacy (step 5" in proc.stdout, proc.stdout
 
 
 @pytest.mark.parametrize("kind", ["missing-parent", "parent-is-a-file", "read-only-mount", "immutable"])

@@ -112,7 +112,17 @@ def write_record(case, top):
     data = ("\n".join(lines) + "\n").encode()
     if kind == "non-ASCII":
         data += "# caf\u00e9\n".encode()
+    if kind == "a symlinked directory":  # /var/lib/iptables-shim -> a root-owned directory: never trusted
+        os.rename(state, state + ".real")
+        os.symlink("iptables-shim.real", state)
+        state += ".real"
     path = os.path.join(state, "alternatives")
+    if kind == "a FIFO":  # opened to be read, it would block every call that reads the record
+        os.mkfifo(path, 0o644)
+        return
+    if kind == "a directory":
+        os.mkdir(path)
+        return
     with open(path, "wb") as f:
         f.write(data)
     os.chmod(path, 0o666 if kind == "untrusted" else 0o644)
@@ -175,19 +185,25 @@ config_file = st.one_of(st.none(), st.none(), st.none(), st.tuples(st.lists(file
     ["trusted"] * 16 + ["group-writable", "not root's", "symlink", "not UTF-8"])))
 
 ENTRY_KINDS = ["none"] + ["valid"] * 24 + ["truncated", "oversize", "symlink", "other owner",
-               "group-writable", "garbage", "unicode digit", "non-ASCII reason", "directory", "two lines"]
+               "group-writable", "garbage", "unicode digit", "non-ASCII reason", "directory", "two lines",
+               "a FIFO"]
+# The directory as given in IPTABLES_SHIM_CACHE_DIR: "... /" with a trailing slash (with one, the
+# kernel follows a final symlink even under O_NOFOLLOW), "... /." naming what is behind a symlink.
+CACHE_DIR_KINDS = ["absent", "world-writable", "symlink", "another owner's", "trusted, given with a trailing slash",
+                   "symlink, given with a trailing slash", "symlink, given as link/."]
+RECORD_KINDS = ["none", "none", "aliases", "aliases", "untrusted", "unknown line", "non-ASCII", "a FIFO",
+                "a directory", "a symlinked directory"]
 case_strategy = st.fixed_dictionaries({
     "name": st.sampled_from(SHIM_NAMES),
     "caller": st.sampled_from(sorted(CALLERS)),
     "pid_namespace": st.sampled_from(["host's", "new", "new"]),
     "layout": st.sampled_from(["alternatives", "one backend", "variants only", "alias by --version only",
                                "script alias", "ip6tables only", "alternatives to the shim", "none"]),
-    "record": st.sampled_from(["none", "none", "aliases", "aliases", "untrusted", "unknown line", "non-ASCII"]),
+    "record": st.sampled_from(RECORD_KINDS),
     "alias_backend": st.sampled_from(["nft", "legacy"]),
     "path": st.lists(st.sampled_from(["layout"] * 4 + ["merged link", "tree", "tree copy", "world-writable",
                                                    "relative", "empty", "missing", "root"]), max_size=5),
-    "cache_dir": st.sampled_from(["trusted"] * 16 + ["absent", "world-writable", "symlink",
-                                  "another owner's"]),
+    "cache_dir": st.sampled_from(["trusted"] * 16 + CACHE_DIR_KINDS),
     "entry": st.sampled_from(ENTRY_KINDS),
     "entry_backend": st.sampled_from(["nft", "legacy"]),
     "entry_step": st.sampled_from([3, 4, 5] * 4 + [0, 1, 2, 6, 7, 12]),
@@ -206,14 +222,14 @@ BASE = {"name": "iptables", "caller": "root", "pid_namespace": "new", "layout": 
 EXPLICIT = (
     [dict(BASE, entry=kind) for kind in sorted(set(ENTRY_KINDS))]
     + [dict(BASE, caller="CAP_NET_ADMIN only", entry=kind) for kind in ("valid", "other owner", "group-writable")]
-    + [dict(BASE, cache_dir=kind) for kind in ("absent", "world-writable", "symlink", "another owner's")]
+    + [dict(BASE, cache_dir=kind) for kind in CACHE_DIR_KINDS]
     + [dict(BASE, entry_step=step) for step in range(8)]
     + [dict(BASE, caller=caller, pid_namespace=pid, alias_backend=backend, name=name)
        for caller in sorted(CALLERS) for pid in ("host's", "new") for backend in ("nft", "legacy")
        for name in ("iptables", "ip6tables-save")]
     + [dict(BASE, env={"IPTABLES_SHIM_MODE": i}) for i in (0, 1, 15)]
     + [dict(BASE, layout="alternatives to the shim", record=kind, caller=caller, pid_namespace=pid)
-       for kind in ("none", "aliases", "untrusted", "unknown line", "non-ASCII")
+       for kind in sorted(set(RECORD_KINDS))
        for caller, pid in (("root", "host's"), ("nobody", "new"), ("root", "new"))]
 )
 
@@ -265,15 +281,17 @@ def build_case(case, top, key):
     cache = os.path.join(top, "cache")
     kind = case["cache_dir"]
     if kind != "absent":
-        real_cache = cache + ".real" if kind == "symlink" else cache
+        real_cache = cache + ".real" if kind.startswith("symlink") else cache
         os.makedirs(real_cache)
         os.chown(real_cache, other_uid if kind == "another owner's" else uid, 0)
         os.chmod(real_cache, 0o777 if kind == "world-writable" else 0o700)
-        if kind == "symlink":
+        if kind.startswith("symlink"):
             os.symlink(real_cache, cache)
         write_entry(case, real_cache, key, uid, other_uid)
+    given = {"trusted, given with a trailing slash": cache + "/", "symlink, given with a trailing slash": cache + "//",
+             "symlink, given as link/.": cache + "/."}.get(kind, cache)
 
-    env = {"PATH": path, "IPTABLES_SHIM_CACHE_DIR": cache, "LC_ALL": "C"}
+    env = {"PATH": path, "IPTABLES_SHIM_CACHE_DIR": given, "LC_ALL": "C"}
     for name, i in case["env"].items():
         env[name] = setting_value(name, i, top)
     if case["main_file"]:
@@ -303,6 +321,10 @@ def write_entry(case, cache, key, uid, other_uid):
     if kind == "directory":
         os.mkdir(path)
         return
+    if kind == "a FIFO":
+        os.mkfifo(path, 0o600)
+        os.chown(path, uid, 0)
+        return
     target = path + ".target" if kind == "symlink" else path
     with open(target, "wb") as f:
         f.write(data)
@@ -328,18 +350,23 @@ def shared_netns():
         NETNS[:] = []
 
 
-def run_case(case, probe_path, stats):
+def both_ways(case, probe_path, timeout=60):
+    """The case's call settled by the C route and by Python: compare.py's result."""
     top = tempfile.mkdtemp(prefix="croute-case-", dir="/var/tmp")
     try:
         os.chmod(top, 0o755)
         exe, env, wrap = build_case(case, top, NETNS[0].cache_key_value)
         repo = os.path.dirname(bin_for_other_users()) if RUNNER_UID[case["caller"]] else croute.REPO
         r = subprocess.run(wrap + ["/usr/bin/python3", "-I", "-S", croute.compare_script(), repo, exe, probe_path, case["name"]],
-                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
         assert r.returncode == 0, r.stderr.decode("utf-8", "replace")
-        result = json.loads(r.stdout)
+        return json.loads(r.stdout)
     finally:
         shutil.rmtree(top, ignore_errors=True)
+
+
+def run_case(case, probe_path, stats):
+    result = both_ways(case, probe_path)
     c, py = result["c"], result["python"]
     assert result["c_stderr"] == "", result["c_stderr"]  # a sanitizer's report, or a print
     if "handover" in c:
@@ -387,6 +414,70 @@ def test_the_c_route_gives_pythons_answer_or_hands_over(netns_key):
     assert all(stats.get("step %d" % s, 0) > 0 for s in (0, 1, 2, 3, 4, 5)), stats
 
 
+# What neither route may trust or block on, and one form it must still trust: (the case, the source
+# of Python's answer it must not have, or must have where it starts with "="). BASE's entry holds
+# legacy, step 5; a host caller's recorded alias answers at step 2 ("caller").
+HOST_RECORD = dict(BASE, layout="alternatives to the shim", pid_namespace="host's")
+TRUST_CASES = {
+    "cache directory: a symlink given with a trailing slash": (dict(BASE, cache_dir="symlink, given with a trailing slash"),
+                                                                "cache"),
+    "cache directory: a symlink given as link/.": (dict(BASE, cache_dir="symlink, given as link/."), "cache"),
+    "cache directory: trusted, given with a trailing slash": (dict(BASE, cache_dir="trusted, given with a trailing slash"),
+                                                               "=cache"),
+    "cache entry: a FIFO": (dict(BASE, entry="a FIFO"), "cache"),
+    "install record: trusted": (dict(HOST_RECORD, record="aliases"), "=caller"),
+    "install record: a FIFO": (dict(HOST_RECORD, record="a FIFO"), "caller"),
+    "install record: a directory": (dict(HOST_RECORD, record="a directory"), "caller"),
+    "install record: in a symlinked directory": (dict(HOST_RECORD, record="a symlinked directory"), "caller"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(TRUST_CASES))
+def test_a_symlink_or_fifo_is_trusted_by_neither_route(netns_key, kind):
+    """A cache directory named with a trailing slash (or as link/.) where it is a symlink, a FIFO as
+    the cache entry or the install record, the record's directory a symlink: neither route trusts
+    them, and neither blocks (the whole case in 20 s); the C route hands the call to Python or
+    answers as Python does from what it may trust. The
+    same directory given with a trailing slash where it is one is trusted by both. Failed before
+    (both routes trusted the directory behind the link; the record's FIFO blocked both)."""
+    case, source = TRUST_CASES[kind]
+    result = both_ways(case, croute.probe(), timeout=20)
+    c, py = result["c"], result["python"]
+    assert result["c_stderr"] == "", result["c_stderr"]
+    if source.startswith("="):
+        assert py.get("source") == source[1:] and c.get("binary") == py["binary"], (c, py)
+    else:
+        assert py.get("source") != source and ("handover" in c or c["binary"] == py["binary"]), (c, py)
+
+
+def test_a_candidate_swapped_for_a_fifo_after_its_stat_never_blocks(netns_key, tmp_path):
+    """A FIFO put in place of a candidate binary between its stat and its open: stat() is made to
+    call it a regular file (tests/croute/fifo_as_file.c, preloaded into the C route, the probe
+    without sanitizers, and into Python). Both routes open it without blocking, read nothing from
+    it and give one answer, in 20 s (the alias is the FIFO: no shim copy, not iptables' own binary,
+    so the re-entry mark is set). Failed before (both opened it blocking, for the shim-copy check
+    and the multi-call check: the call hung)."""
+    top = tmp_path / "case"
+    os.makedirs(str(top / "bin"))
+    os.chmod(str(tmp_path), 0o755)
+    os.chmod(str(top), 0o755)
+    exe = fake_tree(str(top / "tree"))
+    os.mkfifo(str(top / "bin" / "xtables-legacy-multi"), 0o755)
+    os.symlink("xtables-legacy-multi", str(top / "bin" / "iptables"))
+    env = {"PATH": str(top / "bin"), "IPTABLES_SHIM_MODE": "legacy", "IPTABLES_SHIM_CONFIG": str(top / "no.conf"),
+           "IPTABLES_SHIM_CACHE_DIR": str(top / "cache"), "LC_ALL": "C", "LD_PRELOAD": croute.fifo_as_file()}
+    r = subprocess.run([NSENTER, "--net=" + NETNS[0].path, "/usr/bin/python3", "-I", "-S", croute.compare_script(),
+                        croute.REPO, exe, croute.probe(sanitize=False), "iptables"],
+                       env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=20)
+    assert r.returncode == 0, r.stderr.decode("utf-8", "replace")
+    result = json.loads(r.stdout)
+    c, py = result["c"], result["python"]
+    assert result["c_stderr"] == "" and result["c_rc"] == 0, result
+    assert py.get("binary") == str(top / "bin" / "iptables") and py["mark"], (c, py)
+    for field in ("binary", "mark", "log", "line"):
+        assert c[field] == py[field], (field, c, py)
+
+
 # Each breaks one rule of the C route; each must be caught by the generated cases above.
 MUTATIONS = {
     "the owner check of the cache dropped": (
@@ -420,11 +511,12 @@ def test_the_documented_configuration_reads_alike(netns_key):
 
 
 def test_parsers_under_the_sanitizers(tmp_path):
-    """The C route's parsers of untrusted bytes (cache entries, configuration, /proc) over a fixed
-    corpus and 20,000 deterministic mutations of each seed (gcc, ASan + UBSan), then libFuzzer
-    for 20 s where Debian's clang is installed (.ci/setup installs it)."""
+    """The C route's parsers of untrusted bytes (cache entries, configuration, /proc, the install
+    record) over a fixed corpus and 20,000 deterministic mutations of each seed (gcc, ASan + UBSan),
+    then libFuzzer for 20 s where Debian's clang is installed (.ci/setup installs it)."""
     seeds = sorted(glob.glob(os.path.join(croute.CORPUS, "*")))
-    assert len(seeds) >= 6
+    # A seed for each parser: the first byte picks it (tests/croute/fuzz.c, `which`).
+    assert {open(s, "rb").read(1)[0] % 5 for s in seeds} == set(range(5)), seeds
     r = subprocess.run([croute.fuzz_standalone()] + seeds, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                        timeout=600)
     assert r.returncode == 0 and r.stderr == b"", r.stderr.decode("utf-8", "replace")[-3000:]

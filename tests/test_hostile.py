@@ -165,6 +165,59 @@ def test_fifo_or_device_as_entry_never_blocks(netns, cache_dir, tmp_path):
     assert netns.rules("nft") == [] and len(netns.rules("legacy")) == 3
 
 
+def test_fifos_in_place_of_what_the_shim_reads(netns, tmp_path):
+    """A FIFO as the install record (/var/lib bind-mounted in a private mount namespace) and as the
+    configuration file: no call blocks. The record is not trusted (no default alias from it) and the
+    call lands in the backend its rules chose; the configuration file is refused in one line. Failed
+    before for the record (opened blocking: every call that read it hung). The C route's side, and a
+    candidate binary swapped for a FIFO after its stat: tests/test_fast_route_generated.py."""
+    netns.ok("iptables-legacy -A FORWARD -s 192.0.2.1 -j DROP")
+    variants = tmp_path / "variants"  # no plain names on PATH: the default alias is the record's
+    os.makedirs(str(variants))
+    for name in all_variant_names():
+        if os.path.exists("/usr/sbin/" + name):
+            os.symlink("/usr/sbin/" + name, str(variants / name))
+    state = tmp_path / "varlib" / "iptables-shim"
+    os.makedirs(str(state))
+    os.mkfifo(str(state / "alternatives"), 0o644)
+    os.mkfifo(str(tmp_path / "shim.conf"), 0o644)
+    env = shim_env(tmp_path / "cache", path=BIN + ":" + str(variants), **CONTAINER)
+    private = ["/usr/bin/unshare", "--mount", "--propagation", "private", "/bin/sh", "-c",
+               '/usr/bin/mount --bind "$0" /var/lib && exec "$@"', str(tmp_path / "varlib")]
+    proc, _ = call(netns, private + [os.path.join(BIN, "iptables"), "-A", "FORWARD", "-s", "192.0.2.9", "-j", "DROP"],
+                   env, timeout=20)
+    assert proc.returncode == 0 and proc.stderr == b"", proc.stderr
+    assert len(netns.rules("legacy")) == 2 and netns.rules("nft") == []
+    proc, _ = call(netns, [os.path.join(BIN, "iptables"), "-S"], dict(env, IPTABLES_SHIM_CONFIG=str(tmp_path / "shim.conf")),
+                   timeout=20)
+    assert "is not a regular file" in shim_error_line(proc)
+
+
+def test_fifos_in_place_of_the_files_the_verbs_read(tmp_path):
+    """A FIFO as an alternatives group's file (install --alternatives) or as a netns file given to
+    doctor: refused or not a namespace, at once. Failed before (opened blocking: the verb hung)."""
+    import signal
+
+    from shim.doctor.namespaces import namespace_type
+    from shim.errors import ShimError
+    from shim.install import read_group
+
+    os.mkfifo(str(tmp_path / "iptables"), 0o644)
+
+    def hung(*_):
+        raise TimeoutError("blocked on a FIFO")
+
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(5)
+    try:
+        with pytest.raises(ShimError, match="not a regular file"):
+            read_group(str(tmp_path), "iptables")
+        assert namespace_type(str(tmp_path / "iptables")) is None
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
 @pytest.mark.slow
 def test_entry_swapped_by_an_attacker_while_calls_run(netns, cache_dir, tmp_path):
     """An attacker keeps replacing the entry (atomically, by rename) with a symlink to an entry

@@ -15,7 +15,11 @@
  * asks the kernel about rules. Its names and texts come from shim/ (settled.h, made by
  * settled_h.py); the conformance suite (tests/test_fast_route.py) runs every case both ways.
  *
- * Each read is bounded by a fixed buffer; each call's result is checked. Model: runc's nsexec.c,
+ * Each read is bounded by a fixed buffer; each call's result is checked. A buffer of a path or
+ * more is static, never on the stack: the route runs once per process (explain's settle one call
+ * at a time), single-threaded, none of its functions re-entered, and it must run under any stack
+ * a caller's limit leaves where Python's route runs, which needs 40 KiB; it needs 24 KiB
+ * (tests/test_fast_route.py::test_a_small_stack_never_kills_the_call). Model: runc's nsexec.c,
  * C that runs before the real runtime and returns when it has nothing to do. */
 
 #define _GNU_SOURCE
@@ -242,6 +246,26 @@ static int owned_alone(const struct stat *st, uid_t uid)
     return st->st_uid == uid && !(st->st_mode & (S_IWGRP | S_IWOTH));
 }
 
+/* shim.cache.open_dir: the directory at path itself, never what a symlink there leads to (-1 when
+ * it cannot be opened so). Trailing slashes go first: with one, the kernel follows a final symlink
+ * even under O_NOFOLLOW; a last component "." or ".." (what is behind the one before) is refused.
+ * What is under it is opened relative to the descriptor: the directory checked is the one read. */
+static int open_dir(const char *path)
+{
+    static char dir[PATH_MAX];
+    size_t n = strlen(path);
+    while (n > 1 && path[n - 1] == '/')
+        n--;
+    if (n >= sizeof dir)
+        return -1;
+    memcpy(dir, path, n);
+    dir[n] = '\0';
+    const char *last = basename_of(dir);
+    if (strcmp(last, ".") == 0 || strcmp(last, "..") == 0)
+        return -1;
+    return openat(AT_FDCWD, dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+}
+
 /* shim.config.read_file: ENOENT is no file; anything Python would refuse goes to Python. */
 static int read_config(const char *path, char *buf, const char **values)
 {
@@ -264,7 +288,7 @@ static char config_buffers[2][CONFIG_MAX_FILE + 2];
 /* The settings that are set (NULL: unset): the files, then the environment over them. */
 static const char *load_settings(char **envp, const char *exe, const char **values)
 {
-    char tree_file[PATH_MAX];
+    static char tree_file[PATH_MAX];
     const char *dir_end = strrchr(exe, '/');
     if (!dir_end || format(tree_file, sizeof tree_file, "%.*s/%s", (int)(dir_end - exe), exe, TREE_CONFIG))
         return "the tree's configuration file has no path";
@@ -306,7 +330,7 @@ static int beside(const char *path, const char *name, char *out)
  * more than fits. */
 static int next_link(char *path)
 {
-    char target[PATH_MAX], next[PATH_MAX];
+    static char target[PATH_MAX], next[PATH_MAX];
     ssize_t n = readlink(path, target, sizeof target);
     if (n < 0)
         return -1;
@@ -337,7 +361,7 @@ static int chain_last(const char *path, char *last)
 /* backend_from_links: index in BACKENDS, -1 when the chain does not say, -2 when unreadable. */
 static int backend_from_links(const char *path)
 {
-    char current[PATH_MAX];
+    static char current[PATH_MAX];
     if (format(current, sizeof current, "%s", path))
         return -2;
     for (int n = 0;; n++) {
@@ -360,25 +384,35 @@ static int backend_from_links(const char *path)
     }
 }
 
+/* binaries.read_head: every byte up to size of the regular file at path; -1 when it cannot be
+ * opened or read or is no regular file. O_NONBLOCK: a FIFO put in place of a candidate after its
+ * stat must not block the call:
+ * tests/test_fast_route_generated.py::test_a_candidate_swapped_for_a_fifo_after_its_stat_never_blocks */
+static int read_head(const char *path, char *buf, size_t size, size_t *len)
+{
+    int fd = openat(AT_FDCWD, path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    struct stat st;
+    int r = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) ? read_all(fd, buf, size, len) : -1;
+    close(fd);
+    return r;
+}
+
 /* is_shim_copy: 1 a copy of the shim, 0 not, -1 unknowable here. */
 static int is_shim_copy(const char *path, const struct stat *st)
 {
     if (st->st_size > SHIM_COPY_SIZE) {
-        char last[PATH_MAX], mark[PATH_MAX];
+        static char last[PATH_MAX], mark[PATH_MAX];
         if (chain_last(path, last) != 0 || beside(last, FROZEN_MARK, mark))
             return -1;
         struct stat m;
         return stat(mark, &m) == 0;
     }
-    int fd = openat(AT_FDCWD, path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return 0; /* Python: OSError, not a copy */
-    char head[SHIM_COPY_READ];
+    static char head[SHIM_COPY_READ];
     size_t len = 0;
-    int r = read_all(fd, head, sizeof head, &len);
-    close(fd);
-    if (r != 0)
-        return 0;
+    if (read_head(path, head, sizeof head, &len) != 0)
+        return 0; /* Python: None, not a copy */
     return memmem(head, len, SHIM_MARK, strlen(SHIM_MARK)) != NULL;
 }
 
@@ -393,7 +427,7 @@ static int find_on_path(const char *const *names, int count, const char *path_en
     for (;;) {
         const char *colon = strchr(p, ':');
         size_t n = colon ? (size_t)(colon - p) : strlen(p);
-        char dir[PATH_MAX];
+        static char dir[PATH_MAX];
         if (n > 0 && p[0] == '/') {
             if (n >= sizeof dir)
                 return -1;
@@ -404,7 +438,7 @@ static int find_on_path(const char *const *names, int count, const char *path_en
             while (n > 0 && dir[n - 1] == '/')
                 dir[--n] = '\0';
             for (int i = 0; searched && i < count; i++) {
-                char path[PATH_MAX];
+                static char path[PATH_MAX];
                 struct stat st;
                 if (found[i][0])
                     continue;
@@ -436,20 +470,15 @@ static int find_on_path(const char *const *names, int count, const char *path_en
 /* is_multicall_binary: iptables' own ELF multi-call binary, which never calls iptables again. */
 static int is_multicall_binary(const char *path)
 {
-    char last[PATH_MAX];
+    static char last[PATH_MAX];
     if (chain_last(path, last) != 0)
         return -1;
     const char *name = basename_of(last);
     if (strcmp(name, "xtables-nft-multi") && strcmp(name, "xtables-legacy-multi") && strcmp(name, OLD_MULTI))
         return 0;
-    int fd = openat(AT_FDCWD, last, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return 0;
     char magic[4];
     size_t len = 0;
-    int r = read_all(fd, magic, sizeof magic, &len);
-    close(fd);
-    return r == 0 && len == 4 && memcmp(magic, "\177ELF", 4) == 0;
+    return read_head(last, magic, sizeof magic, &len) == 0 && len == 4 && memcmp(magic, "\177ELF", 4) == 0;
 }
 
 /* -- the caller's facts: shim.facts.context, privilege, netns, kernel_support ------------------ */
@@ -627,10 +656,11 @@ struct record {
     char alias[SHIM_NAME_COUNT][PATH_MAX]; /* by index in SHIM_NAMES; "" when none */
 };
 
-/* Record.parse over the file's bytes: aliases by name, the last line of a name winning. -1 where
- * Python would read the text otherwise (anything but printable ASCII, tab and newline); 1 where
- * Python refuses the record (then it has no aliases). */
-static int parse_record(char *data, size_t len, struct record *r)
+/* Record.parse over the file's bytes (NUL-terminated at len, so len < the buffer): aliases by name
+ * (alias[SHIM_NAME_COUNT], by index in SHIM_NAMES, "" when none), the last line of a name winning.
+ * -1 where Python would read the text otherwise (anything but printable ASCII, tab and newline); 1
+ * where Python refuses the record (then it has no aliases). */
+int route_parse_record(char *data, size_t len, char (*alias)[PATH_MAX])
 {
     for (size_t i = 0; i < len; i++)
         if ((data[i] < 0x20 || data[i] > 0x7e) && data[i] != '\t' && data[i] != '\n')
@@ -655,7 +685,7 @@ static int parse_record(char *data, size_t len, struct record *r)
             continue;
         if (strcmp(words[0], "alias") == 0 && n == 3 && words[2][0] == '/') {
             int i = in_list(words[1], SHIM_NAMES);
-            if (i >= 0 && format(r->alias[i], PATH_MAX, "%s", words[2]))
+            if (i >= 0 && format(alias[i], PATH_MAX, "%s", words[2]))
                 return -1;
             continue;
         }
@@ -672,21 +702,34 @@ static void read_record(struct record *r, const struct identity *shim)
     r->state = 1;
     if (stat(STATE_FILE, &st) != 0)
         return; /* with_recorded_aliases: no record */
-    int fd = openat(AT_FDCWD, STATE_FILE, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    /* install.read_record: the directory and the file themselves (no symlink, no trailing slash
+     * followed), each fstat'ed; the file opened without blocking and read only when regular. */
+    int dir_fd = open_dir(STATE_DIR);
+    if (dir_fd < 0)
+        return; /* read_record's error: no aliases */
+    int fd = openat(dir_fd, STATE_NAME, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    int dir_read = fstat(dir_fd, &dir) == 0;
+    close(dir_fd);
     if (fd < 0)
         return; /* read_record's error: no aliases */
-    size_t len = 0;
-    int ok = fstat(fd, &st) == 0 && read_all(fd, text, sizeof text, &len) == 0;
-    close(fd);
-    char dirname[] = STATE_FILE;
-    *strrchr(dirname, '/') = '\0';
-    if (!ok || len == sizeof text || stat(dirname, &dir) != 0) {
+    if (!dir_read || fstat(fd, &st) != 0) {
+        close(fd);
         r->state = -1;
         return;
     }
-    if (!S_ISREG(st.st_mode) || !owned_alone(&st, 0) || !owned_alone(&dir, 0))
+    if (!S_ISREG(st.st_mode) || !owned_alone(&st, 0) || !owned_alone(&dir, 0)) {
+        close(fd);
         return; /* not trusted: no aliases */
-    int parsed = parse_record(text, len, r);
+    }
+    size_t len = 0;
+    int ok = read_all(fd, text, sizeof text, &len) == 0;
+    close(fd);
+    if (!ok || len == sizeof text) {
+        r->state = -1;
+        return;
+    }
+    text[len] = '\0';
+    int parsed = route_parse_record(text, len, r->alias);
     if (parsed != 0) {
         memset(r->alias, 0, sizeof r->alias);
         r->state = parsed < 0 ? -1 : 1;
@@ -734,7 +777,7 @@ static int recorded_alias(struct call *c, const char *name, char *out)
 static int lookup(struct call *c, const char *name, int recorded, char *out)
 {
     const char *names[1] = {name};
-    char found[1][PATH_MAX];
+    static char found[1][PATH_MAX];
     if (find_on_path(names, 1, c->path_env, &c->shim, found) != 0)
         return -1;
     memcpy(out, found[0], strlen(found[0]) + 1);
@@ -783,7 +826,7 @@ static int choose(const char *variant, const char *alias, int backend, int step,
 static int by_caller(struct call *c, int privileged, struct route_answer *out, int *backend, int *step,
                      char *reason, char *alias, char (*wanted)[64])
 {
-    char default_alias[PATH_MAX], variant[PATH_MAX];
+    static char default_alias[PATH_MAX], variant[PATH_MAX];
     int first = -1;
     for (int i = 0; i < ALIAS_COUNT && first < 0; i++) {
         if (lookup(c, ALIAS_ORDER[i], 1, default_alias) != 0)
@@ -829,7 +872,7 @@ static int by_caller(struct call *c, int privileged, struct route_answer *out, i
 static int binary_of(struct call *c, int backend, int step, char *alias, char (*wanted)[64], struct route_answer *out)
 {
     const char *names[2] = {wanted[backend], c->name};
-    char found[2][PATH_MAX];
+    static char found[2][PATH_MAX];
     if (find_on_path(names, 2, c->path_env, &c->shim, found) != 0)
         return out->handover = BAD_PATH, -1;
     memcpy(alias, found[1], strlen(found[1]) + 1);
@@ -849,14 +892,17 @@ static int by_cache(const char *cache_dir, char *key, size_t key_size, int *back
         return out->handover = "the cache is off: Python gathers the netns's facts", -1;
     if (netns_key(key, key_size) != 0)
         return out->handover = "no netns cookie (Linux < 5.14): Python decides", -1;
-    char entry_path[PATH_MAX];
     struct stat st;
-    if (format(entry_path, sizeof entry_path, "%s/%s", cache_dir, key))
-        return out->handover = "a cache path too long", -1;
     uid_t euid = geteuid();
-    if (lstat(cache_dir, &st) != 0 || !trusted(&st, 1, euid))
+    int dir_fd = open_dir(cache_dir);
+    if (dir_fd < 0)
         return out->handover = "no trusted cache directory: Python decides", -1;
-    int fd = openat(AT_FDCWD, entry_path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (fstat(dir_fd, &st) != 0 || !trusted(&st, 1, euid)) {
+        close(dir_fd);
+        return out->handover = "no trusted cache directory: Python decides", -1;
+    }
+    int fd = openat(dir_fd, key, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    close(dir_fd);
     if (fd < 0)
         return out->handover = "no cache entry for this netns: Python decides", -1;
     static char entry[CACHE_MAX_ENTRY];
@@ -891,7 +937,8 @@ static void settle(struct call *c, char **envp, struct route_answer *out)
         if (format(wanted[b], sizeof wanted[b], "%s-%s%s", c->family, BACKENDS[b], c->suffix))
             HAND("a name too long");
     static char reason[ROUTE_TEXT], how[ROUTE_TEXT];
-    char alias[PATH_MAX], key[64] = "";
+    static char alias[PATH_MAX];
+    char key[64] = "";
     int backend, step;
 
     if (s[SETTING_MODE]) { /* step 1: the override */

@@ -30,11 +30,12 @@ void route_settle_name(const char *name, char **envp, const char *exe, struct ro
  * answer->logged set where the line was written. */
 void route_exec(int argc, char **argv, struct route_answer *answer);
 
-/* The parsers of untrusted bytes, for the fuzz harness (tests/launcher/fuzz.c). Each returns 0
+/* The parsers of untrusted bytes, for the fuzz harness (tests/croute/fuzz.c). Each returns 0
  * when it parsed the bytes as Python would, -1 when Python must read them. */
 int route_parse_entry(const char *data, size_t len, int *backend, int *step, char *reason, size_t reason_size);
 int route_parse_config(char *data, size_t len, const char **values); /* values[SETTING_COUNT] */
 int route_parse_capeff(const char *data, size_t len, int *net_admin);
 int route_modules_list(const char *data, size_t len, const char *module);
+int route_parse_record(char *data, size_t len, char (*alias)[PATH_MAX]); /* alias[SHIM_NAME_COUNT]; 1: refused */
 
 #endif

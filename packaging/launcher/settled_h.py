@@ -4,7 +4,7 @@ must spell exactly as Python does, taken from shim/ itself, so each has one defi
     /usr/bin/python3 -I packaging/launcher/settled_h.py REPO > settled.h
 
 packaging/build.sh runs it before compiling the launcher; so do the tests that build route.c on
-its own (tests/launcher.py), so a text edited in shim/ can never drift from the C route's.
+its own (tests/croute.py), so a text edited in shim/ can never drift from the C route's.
 """
 
 import sys
@@ -13,7 +13,7 @@ sys.path.insert(0, sys.argv[1])
 
 from shim import cache, config, log, policy, resolve  # noqa: E402
 from shim.facts import binaries, context, kernel_support, netns, privilege  # noqa: E402
-from shim.install import STATE_FILE  # noqa: E402
+from shim.install import STATE_DIR, STATE_FILE  # noqa: E402
 from shim.tools import BACKENDS, SHIM_NAMES, TOOL_SUFFIXES  # noqa: E402
 
 
@@ -74,6 +74,9 @@ def main():
     define("SHIM_MARK", binaries.SHIM_MARK)
     define("OLD_MULTI", binaries.OLD_MULTI)
     define("STATE_FILE", STATE_FILE)
+    define("STATE_DIR", STATE_DIR)
+    assert STATE_FILE.rpartition("/")[0] == STATE_DIR
+    define("STATE_NAME", STATE_FILE.rpartition("/")[2])
     out.append("")
     # The caller's facts and the kernel's support, as Python reads them.
     define("PROC_PID_INIT_INO", context.PROC_PID_INIT_INO, hexadecimal=True)

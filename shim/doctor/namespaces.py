@@ -175,7 +175,7 @@ def namespace_type(path):
     except ImportError:
         return None
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO given or planted: no hang
     except OSError:
         return None
     try:
@@ -193,7 +193,7 @@ def open_namespace(ns, proc="/proc"):
     why = "no name or process leads to it any more"
     for path in ns.paths(proc):
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as e:
             why = "%s: %s" % (path, e.strerror or e)
             continue

@@ -72,6 +72,31 @@ def link_chain(path):
     return chain
 
 
+def read_head(path, size):
+    """Every byte up to `size` of the regular file at path; None when it cannot be opened or read
+    or is no regular file. O_NONBLOCK: a FIFO put in place of a candidate after its stat must not
+    block the call:
+    tests/test_fast_route_generated.py::test_a_candidate_swapped_for_a_fifo_after_its_stat_never_blocks."""
+    try:
+        fd = posix.open(path, posix.O_RDONLY | posix.O_NONBLOCK | posix.O_NOCTTY | posix.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(posix.fstat(fd).st_mode):
+            return None
+        data = b""
+        while len(data) < size:
+            chunk = posix.read(fd, size - len(data))
+            if not chunk:
+                break
+            data += chunk
+        return data
+    except OSError:
+        return None
+    finally:
+        posix.close(fd)
+
+
 def is_shim_copy(path, st):
     """Is this a copy of the shim (another checkout's bin/, cp -r): the same entry script in another
     file, which file identity cannot tell. Only small files are read: real binaries are large."""
@@ -82,11 +107,8 @@ def is_shim_copy(path, st):
             return True
         except OSError:
             return False
-    try:
-        with open(path, "rb") as f:
-            return SHIM_MARK in f.read(4096)
-    except OSError:
-        return False
+    head = read_head(path, 4096)
+    return head is not None and SHIM_MARK in head
 
 
 def find_on_path(names, path_env, shim_ids):
@@ -133,11 +155,7 @@ def is_multicall_binary(path):
     real = link_chain(path)[-1]
     if real.rpartition("/")[2] not in ("xtables-nft-multi", "xtables-legacy-multi", OLD_MULTI):
         return False
-    try:
-        with open(real, "rb") as f:
-            return f.read(4) == b"\x7fELF"
-    except OSError:
-        return False
+    return read_head(real, 4) == b"\x7fELF"
 
 
 def parse_version(text):

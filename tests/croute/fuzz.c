@@ -1,11 +1,12 @@
 /* The C route's parsers of untrusted bytes under a fuzzer: cache entries, configuration files,
- * /proc/self/status and /proc/modules (tests/croute.py, tests/test_fast_route_generated.py).
+ * /proc/self/status, /proc/modules and the install record (tests/croute.py,
+ * tests/test_fast_route_generated.py).
  *
  * Built with clang's libFuzzer (-fsanitize=fuzzer) it is a fuzz target; built with -DSTANDALONE
  * (any compiler) it runs a fixed, mutated corpus: each file named on the command line, then
  * MUTATIONS deterministic mutations of it. Both under AddressSanitizer and UBSan. The first byte
  * of an input picks the parser. Each input is copied into a buffer of exactly its size (plus the
- * NUL the configuration parser is promised), so any read past it is caught. */
+ * NUL the configuration and record parsers are promised), so any read past it is caught. */
 
 #include "route.h"
 #include "settled.h"
@@ -19,7 +20,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size == 0)
         return 0;
-    int which = data[0] % 4;
+    int which = data[0] % 5;
     data++;
     size--;
     char *buf = malloc(size + 1);
@@ -46,8 +47,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (route_parse_capeff(buf, size, &flag) == 0 && flag != 0 && flag != 1)
             abort();
         break;
-    default:
+    case 3:
         route_modules_list(buf, size, "nf_tables");
+        break;
+    default: {
+        char (*alias)[PATH_MAX] = calloc(SHIM_NAME_COUNT, PATH_MAX);
+        if (!alias)
+            break;
+        flag = route_parse_record(buf, size, alias);
+        if (flag < -1 || flag > 1)
+            abort();
+        for (int i = 0; flag == 0 && i < SHIM_NAME_COUNT; i++)
+            if (alias[i][0] && (alias[i][0] != '/' || strlen(alias[i]) >= PATH_MAX || strpbrk(alias[i], " \t\n")))
+                abort();
+        free(alias);
+    }
     }
     free(reason);
     free(buf);
