@@ -145,6 +145,18 @@ static int address_space_short(void)
     return 0;
 }
 
+/* Python's start and a call's imports need about 40 KiB of stack where the C route needs 24 (the
+ * kernel's random offset of the stack top, up to 8 KiB, included): under a smaller limit a call
+ * handed to Python would die of SIGSEGV halfway through. One line naming the limit instead
+ * (tests/test_fast_route.py::test_a_small_stack_never_kills_the_call). */
+#define PYTHON_STACK (48u << 10)
+
+static int stack_short(void)
+{
+    struct rlimit rl;
+    return getrlimit(RLIMIT_STACK, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < PYTHON_STACK;
+}
+
 /* Python could not start for want of memory: the limit that caused it, where one is set. */
 static int no_memory(void)
 {
@@ -175,6 +187,9 @@ int main(int argc, char **argv)
 
     if (address_space_short())
         return no_memory();
+    if (stack_short())
+        return fail("the stack limit (ulimit -s) is below the 48 KiB Python needs to answer this call; "
+                    "nothing was run: raise it");
 
     /* Isolated: no PYTHON* variables, no user site, no locale coercion (which would set LC_CTYPE
      * in the environment the real iptables inherits). */
