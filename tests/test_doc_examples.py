@@ -108,6 +108,9 @@ def test_every_example_is_run_or_says_why():
     unmarked = ["%s (```%s)" % (b.id, b.info) for b in BLOCKS if b.kind is None]
     assert not unmarked, ("blocks neither run nor marked `<!-- example: not run: WHY -->` on the line "
                           "before (docs/layout.md#examples-in-the-docs): %s" % ", ".join(unmarked))
+    # A comment holding "--" is not an HTML comment (CommonMark): the marker could show on the page.
+    dashes = [b.id for b in BLOCKS if b.why and "--" in b.why]
+    assert not dashes, "a marker's WHY without `--` (write the option without its dashes): %s" % dashes
     refused_elsewhere = [b.id for b in BLOCKS if b.marker == "refused" and b.kind != "configuration"]
     assert not refused_elsewhere, "`refused` marks a configuration block only: %s" % refused_elsewhere
     outputs = [b for b in BLOCKS if b.kind == "output"]
