@@ -206,6 +206,8 @@ def build_world(case, top, parts):
     if placement == "root" and os.path.isdir(w.out(b"/lib")):
         # The tree's lib/ is /lib: the real binaries' loader and libraries stay reachable there.
         os.symlink(b"/usr/lib/x86_64-linux-gnu", w.out(b"/lib/x86_64-linux-gnu"))
+    elif placement == "root":  # a tree without lib/ (its modules frozen into the executable)
+        os.symlink(b"usr/lib", w.out(b"/lib"))
     w.tree_path_entry = w.tree
     if placement == "symlinked":
         os.symlink(b"real", w.out(w.base + b"/linked"))
@@ -479,7 +481,8 @@ def run_way(case, way, parts, top):
         if case["prime"] and way != "direct":  # an earlier call of this netns, Python's, as a caller has it
             prime = run_in(case, w, ns, w.tree.rstrip(b"/") + b"/iptables", [b"iptables", b"-S"],
                            with_fast_route_off(env), bare=True)
-            assert not prime.timed_out, "the priming call hung"
+            if prime.timed_out:  # before the situation and the tampering: the harness's failure
+                raise RuntimeError("the priming call hung")
             if os.path.exists(w.out(w.log)):
                 os.unlink(w.out(w.log))
         if case.get("target"):
@@ -826,7 +829,10 @@ def check_class(name, parts, examples, explicit=None):
             return
         seen.append(case)
         for kind, text in check_case(case, parts):
-            failures.setdefault(kind, [0, text])[0] += 1
+            entry = failures.setdefault(kind, [0, text, []])
+            entry[0] += 1
+            if entry[0] > 1:
+                entry[2].append(case)
 
     test = each
     for case in (EXPLICIT[name] if explicit is None else explicit):
@@ -840,7 +846,14 @@ def check_class(name, parts, examples, explicit=None):
 
 
 def report(failures):
-    return "\n\n".join("[%d case(s)] %s" % (n, text) for n, text in (failures[k] for k in sorted(failures)))
+    """Each kind of failure: its first case in full, a few more by what sets them apart."""
+    out = []
+    for kind in sorted(failures):
+        n, text, more = failures[kind]
+        out.append("[%d case(s)] %s" % (n, text))
+        for case in more[:6]:
+            out.append("    also: %s" % {k: v for k, v in case.items() if BASE.get(k, "?") != v})
+    return "\n".join(out)
 
 
 @pytest.mark.parametrize("situation", sorted(CLASSES))
