@@ -43,7 +43,7 @@ CONTAINER = "IPTABLES_SHIM_CONTEXT=container"
 CALLS = [
     # (what, shell script run in the root: the shim's calls after the seed; {seed} in front)
     ("first call, then a cache hit, every name",
-     "{seed}; for n in iptables iptables-save ip6tables ip6tables-save; do %s %s/$n >/dev/null; done; "
+     "{seed}; for n in 'iptables -S' iptables-save 'ip6tables -S' ip6tables-save; do %s %s/$n >/dev/null; done; "
      "printf '*filter\\nCOMMIT\\n' | %s %s/iptables-restore; printf '*filter\\nCOMMIT\\n' | %s %s/ip6tables-restore"
      % ((CONTAINER, SHIM_DIR) * 3)),
     ("the cache off", "{seed}; %s IPTABLES_SHIM_CACHE=off %s/iptables -S >/dev/null" % (CONTAINER, SHIM_DIR)),
