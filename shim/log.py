@@ -18,9 +18,15 @@ RECORD_FORMAT = "%s pid=%d %s\n"
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S%z"
 
 
+# A control character (a newline in a directory's name) as \xNN: one line per call, and no path
+# can forge another call's line (tests/test_fast_route_situations.py, placement "newline").
+CONTROL = {c: "\\x%02x" % c for c in list(range(0x20)) + [0x7f]}
+
+
 def format_line(name, binary, decision, how, netns_key):
     """The one line describing a call: `NAME -> BINARY: BACKEND (step N: REASON; HOW; netns KEY)`."""
-    return LINE_FORMAT % (name, binary, decision.backend, decision.step, decision.reason, how, netns_key)
+    line = LINE_FORMAT % (name, binary, decision.backend, decision.step, decision.reason, how, netns_key)
+    return line.translate(CONTROL)
 
 
 def parse_line(line):

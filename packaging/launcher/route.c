@@ -797,6 +797,9 @@ static const char *log_line(struct route_answer *out, const struct call *c, cons
     if (format(out->line, sizeof out->line, LINE_FORMAT, c->name, out->binary, backend, step, reason, how, key) ||
         strlen(out->line) > MAX_LINE)
         return "the log line is longer than the C route writes whole (Python clips it)";
+    for (const unsigned char *p = (const unsigned char *)out->line; *p; p++)
+        if (*p < 0x20 || *p == 0x7f)
+            return "the log line holds a control character (Python writes it as \\xNN)";
     return NULL;
 }
 
