@@ -54,8 +54,9 @@ CALLS = [
     ("the override", "{seed}; IPTABLES_SHIM_MODE=legacy %s/iptables -S >/dev/null" % SHIM_DIR),
     ("explain", "{seed}; %s explain >/dev/null; %s explain --json >/dev/null; %s explain --family ip6tables >/dev/null"
      % ((SHIM,) * 3)),
-    ("doctor", "{seed}; %s doctor >/dev/null; %s doctor --json >/dev/null; %s doctor --prometheus /tmp/d.prom >/dev/null"
-     % ((SHIM,) * 3)),
+    # doctor exits 1 where it finds a problem (kubelet's hint in legacy, rules in nft)
+    ("doctor", "{seed}; for a in '' --json '--prometheus /tmp/d.prom'; do %s doctor $a >/dev/null || test $? = 1; done"
+     % SHIM),
     ("install and uninstall", "%s install /usr/local/sbin >/dev/null && %s uninstall /usr/local/sbin >/dev/null && "
      "%s install --alternatives >/dev/null && %s uninstall --alternatives >/dev/null" % ((SHIM,) * 4)),
 ]
@@ -85,7 +86,7 @@ def root(tmp_path_factory):
 
 
 def not_frozen(stderr):
-    return sorted({l.split()[3] for l in stderr.decode("utf-8", "replace").splitlines() if l.endswith(WATCH)})
+    return sorted({l.split()[3].rstrip(":") for l in stderr.decode("utf-8", "replace").splitlines() if l.endswith(WATCH)})
 
 
 @pytest.mark.parametrize("seed", sorted(SEEDS))
@@ -135,4 +136,4 @@ def test_the_watch_sees_a_module_left_out(root, tmp_path):
                         "explain", "--json"], env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "IPTABLES_SHIM_DEBUG": "1"},
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
     assert r.returncode == 0 and r.stdout.startswith(b"{"), r
-    assert not_frozen(r.stderr) == ["json"], r.stderr
+    assert [m for m in not_frozen(r.stderr) if not missing_everywhere(m)] == ["json"], r.stderr
