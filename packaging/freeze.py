@@ -28,6 +28,7 @@ import zlib
 # The source shim's fallbacks where the frozen tree's builtin _iptables_shim is missing (a plain
 # python3): never reached in the executable, which has that module.
 SOURCE_ONLY = {"ctypes", "_ctypes"}
+LAUNCHER_MODULES = {"_iptables_shim_route"}  # main.c's own builtin (PyImport_AppendInittab)
 ENTRY = "iptables_shim_entry"  # packaging/entry.py, as main.c imports it
 ROOTS = [ENTRY, "shim.cli", "shim.doctor", "shim.install", "shim.gather", "encodings", "encodings.aliases",
          "encodings.utf_8"]  # encodings: imported by the interpreter's start itself (utf-8 mode)
@@ -88,30 +89,35 @@ def source_of(name, repo, stdlib):
     return None
 
 
+def is_own(name):
+    return name == ENTRY or name == "shim" or name.startswith("shim.")
+
+
 def collect(repo, stdlib, frozen_already, builtins):
-    modules = {}  # name -> (path, is_package, file name)
-    todo, missing = list(ROOTS), []
+    """({name: (path, is_package, file name)} to freeze, [what the shim imports that exists nowhere])."""
+    modules, builtins = {}, set(builtins) | LAUNCHER_MODULES
+    todo, missing = [(name, True) for name in ROOTS], set()  # (name, imported by the shim's own code)
     while todo:
-        name = todo.pop()
+        name, by_shim = todo.pop()
         if name in modules or name in frozen_already or name in builtins or name in SOURCE_ONLY:
             continue
         found = source_of(name, repo, stdlib)
-        own = name == ENTRY or name == "shim" or name.startswith("shim.")
         if not found:
-            if own:
-                missing.append(name)
+            if by_shim:
+                missing.add(name)
             continue
         modules[name] = found
         path, package = found[0], found[1]
         if "." in name:
-            todo.append(name.rpartition(".")[0])
+            todo.append((name.rpartition(".")[0], by_shim))
         with open(path, "rb") as f:
             tree = ast.parse(f.read(), path)
-        for imported in imports_of(tree, name if package else name.rpartition(".")[0], own):
-            if imported:
-                todo.append(imported)
+        own = is_own(name)
+        todo.extend((imported, own) for imported in imports_of(tree, name if package else name.rpartition(".")[0], own)
+                    if imported)
     # `from package import name` names attributes too: only a missing module counts.
-    return modules, sorted({m for m in missing if m.rpartition(".")[0] not in modules})
+    known = set(modules) | builtins | set(frozen_already)
+    return modules, sorted(m for m in missing if m.rpartition(".")[0] not in known)
 
 
 def call_modules(modules):
