@@ -192,7 +192,8 @@ RESUMED_OK = re.compile(r'^(\d+ +)?<\.\.\. execve resumed>.* = 0$')
 
 
 def syscalls_before_exec(merged, argv, env, trace):
-    """(system calls between the command's execve and the last one, programs run) of one run under
+    """(system calls between the command's execve and the last one, programs run, the ten most
+    frequent of those calls) of one run under
     `strace -f`: every process counted; a call strace splits in two (`<unfinished ...>`, then
     `<... resumed>`) counts once."""
     r = subprocess.run(["strace", "-f", "-qq", "-o", trace, "/usr/sbin/chroot", merged] + argv, env=env,
@@ -201,7 +202,7 @@ def syscalls_before_exec(merged, argv, env, trace):
         raise SystemExit("bench: strace of %s: %s" % (argv, r.stderr.decode()))
     with open(trace) as f:
         lines = f.read().splitlines()
-    count, execs, pending = 0, [], {}
+    count, execs, pending, names = 0, [], {}, []
     for line in lines:
         resumed = RESUMED_OK.match(line)
         if resumed and resumed.group(1) in pending:
@@ -214,13 +215,18 @@ def syscalls_before_exec(merged, argv, env, trace):
             pending[e.group(1)] = (count, e.group(2))
         elif e and line.endswith(" = 0"):
             execs.append((count, e.group(2)))
+        names.append(SYSCALL.match(line).group(2))
         count += 1
     execs.sort()
     start = [i for i, (_, path) in enumerate(execs) if path == argv[0]]
     if not start:
         raise SystemExit("bench: no execve of %s in the trace %s" % (argv[0], trace))
     first, last = execs[start[0]][0], execs[-1][0]
-    return max(0, last - first - 1), len(execs) - start[0]
+    window = {}
+    for name in names[first + 1:last]:
+        window[name] = window.get(name, 0) + 1
+    top = dict(sorted(window.items(), key=lambda kv: -kv[1])[:10])
+    return max(0, last - first - 1), len(execs) - start[0], top
 
 
 def percentile(values, p):
@@ -319,13 +325,14 @@ def worker(cfg):
                           "x_direct": stats([a / b for a, b in zip(wall[label], direct)], 1, 3), "n": n}
     for i, case in enumerate(cases):
         label, _, argv, cenv, _ = case
-        before, execs = syscalls_before_exec(root_of(case), argv, cenv, os.path.join(top, "trace%d" % i))
-        results[label]["syscalls_before_exec"], results[label]["execve"] = before, execs
+        before, execs, most = syscalls_before_exec(root_of(case), argv, cenv, os.path.join(top, "trace%d" % i))
+        results[label].update(syscalls_before_exec=before, programs_run=execs, syscalls_most=most)
     # Paired ratios between columns of one round: the new tree against the old, and the peer.
     pairs = {}
     for a, b in cfg["pairs"]:
         if a in wall and b in wall:
-            pairs["%s / %s" % (a, b)] = stats([x / y for x, y in zip(wall[a], wall[b])], 1, 3)
+            pairs["%s / %s" % (a, b)] = dict(stats([x / y for x, y in zip(wall[a], wall[b])], 1, 3),
+                                             cpu=stats([x / y for x, y in zip(cpu[a], cpu[b])], 1, 3))
     print(json.dumps({"calls": results, "order": [c[0] for c in cases], "pairs": pairs}))
 
 
@@ -352,10 +359,15 @@ def report(out, trees):
         r = calls[label]
         lines.append("  %-26s %6.2f (%5.2f-%6.2f) | %6.2fx (%5.2f-%5.2f) | %6.2f | %5d | %d" % (
             label, r["ms"]["median"], r["ms"]["p10"], r["ms"]["p90"], r["x_direct"]["median"], r["x_direct"]["p10"],
-            r["x_direct"]["p90"], r["cpu_ms"]["median"], r["syscalls_before_exec"], r["execve"]))
+            r["x_direct"]["p90"], r["cpu_ms"]["median"], r["syscalls_before_exec"], r["programs_run"]))
     lines.append("")
     for name, r in out["pairs"].items():
-        lines.append("  paired, per round: %-44s %.3f (p10-p90 %.3f-%.3f)" % (name, r["median"], r["p10"], r["p90"]))
+        lines.append("  paired, per round: %-40s %.3f (p10-p90 %.3f-%.3f); CPU time %.3f (%.3f-%.3f)" % (
+            name, r["median"], r["p10"], r["p90"], r["cpu"]["median"], r["cpu"]["p10"], r["cpu"]["p90"]))
+    for label in out["order"]:
+        most = calls[label]["syscalls_most"]
+        if most:
+            lines.append("  before the real execve, %s: %s" % (label, ", ".join("%d %s" % (v, k) for k, v in most.items())))
     lines.append("")
     lines.append("targets:")
     for name, value, limit, ok in out["targets"]:
@@ -368,8 +380,9 @@ def targets(out):
     sz, calls, pairs = out["sizes"], out["calls"], out["pairs"]
     for name in [n for n in sz if n.startswith("new")]:
         s = sz[name]
-        t.append(("%s: bytes on disk (regular files; du)" % name, "%s; %s" % (format(s["regular_bytes"], ","),
-                  format(s["du_apparent_bytes"], ",")), "<= 4 MB", max(s["regular_bytes"], s["du_apparent_bytes"]) <= MAX_BYTES))
+        most = max(s["regular_bytes"], s["du_apparent_bytes"])
+        t.append(("%s: bytes on disk (du; %.2f MiB)" % (name, most / 1048576.0), format(most, ","),
+                  "<= 4 MB", most <= MAX_BYTES))
         t.append(("%s: gzip -9 layer" % name, format(s["layer_gzip9_bytes"], ","), "<= 2 MB", s["layer_gzip9_bytes"] <= MAX_LAYER))
         t.append(("%s: regular files" % name, str(s["regular_files"]), "<= %d" % MAX_FILES, s["regular_files"] <= MAX_FILES))
     if "new, first call" in calls:
