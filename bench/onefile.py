@@ -2,7 +2,7 @@
 """The one-file tree beside the tree before it and the Go peer, from one run: sizes and first calls.
 
     /usr/bin/python3 bench/onefile.py --baseline OLD-TREE --frozen NEW-TREE [--frozen-arm64 TREE]
-        [--baseline-arm64 TREE] [-n 40] [--hint] [--json] [--root DIR] [--peer-source TAR]
+        [--baseline-arm64 TREE] [-n 40] [--hint] [--json FILE|-] [--root DIR] [--peer-source TAR]
 
 As root. Sizes, for each tree (and the peer's one binary): regular files, bytes (the sum of the
 regular files, and `du -s --apparent-size`), and the image layer it makes: `tar -c` of the tree's
@@ -39,7 +39,8 @@ of the per-round ratios to direct with their p10-p90, and the CPU time (user+sys
 the children it waited for). Then one run of each under `strace -f`: the system calls between the
 command's own execve and the real binary's (the last execve: the shim's exec of iptables-nft, the
 peer's rerun of its relinked name), every process counted, and the execve calls. Judged against
-the targets of docs/benchmark.md "One file". Never a timed test: bench only.
+the targets of docs/benchmark.md "One file". --json FILE writes every figure there too (- : on
+stdout, instead of the table). Never a timed test: bench only.
 """
 
 import json
@@ -418,8 +419,8 @@ def main(argv):
             opts[a] = os.path.abspath(args.pop(0))
         elif a == "-n" and args:
             rounds = int(args.pop(0))
-        elif a == "--json":
-            as_json = True
+        elif a == "--json" and args:
+            as_json = args.pop(0)
         elif a == "--hint":
             hint = True
         else:
@@ -457,7 +458,10 @@ def main(argv):
         shutil.rmtree(tmp, ignore_errors=True)
     out["targets"] = targets(out)
     out["load_after"] = os.getloadavg()
-    if as_json:
+    if as_json and as_json != "-":
+        with open(as_json, "w") as f:
+            json.dump(out, f, indent=2, sort_keys=True)
+    if as_json == "-":
         print(json.dumps(out, indent=2, sort_keys=True))
     else:
         print("bench/onefile.py: kernel %s, load %.1f -> %.1f%s" % (out["machine"], out["load"][0], out["load_after"][0],
