@@ -88,7 +88,8 @@ def sizes(tree):
     tar.stdout.close()
     if tar.wait():
         raise SystemExit("bench: tar of %s failed" % tree)
-    return {"regular_files": files, "regular_bytes": total, "du_apparent_bytes": du, "layer_gzip9_bytes": len(gz.stdout)}
+    return {"regular_files": files, "regular_bytes": total, "du_apparent_bytes": du,
+            "layer_gzip9_bytes": len(gz.stdout)}
 
 
 def build_peer(source, out, goarch):
@@ -101,7 +102,8 @@ def build_peer(source, out, goarch):
         subprocess.run(["tar", "-xzf", source, "-C", src, "--strip-components=1"], check=True)
     exe = os.path.join(out, goarch, "iptables-wrapper")
     os.makedirs(os.path.dirname(exe))
-    env = {"PATH": SYSTEM_PATH, "HOME": out, "GOCACHE": os.path.join(out, "gocache"), "GOPATH": os.path.join(out, "gopath"),
+    env = {"PATH": SYSTEM_PATH, "HOME": out, "GOCACHE": os.path.join(out, "gocache"),
+           "GOPATH": os.path.join(out, "gopath"),
            "GOPROXY": "off", "GOFLAGS": "-mod=mod", "CGO_ENABLED": "0", "GOOS": "linux", "GOARCH": goarch}
     subprocess.run(["go", "build", "-ldflags=-s -w", "-o", exe, "."], cwd=src, env=env, check=True)
     return exe
@@ -144,7 +146,8 @@ class Roots(object):
         for x in (upper, work, merged):
             os.makedirs(x)
         lower = ":".join(list(layers) + [self.base])
-        sh("mount", "-t", "overlay", "overlay", "-o", "lowerdir=%s,upperdir=%s,workdir=%s" % (lower, upper, work), merged)
+        sh("mount", "-t", "overlay", "overlay", "-o",
+           "lowerdir=%s,upperdir=%s,workdir=%s" % (lower, upper, work), merged)
         sh("mount", "-t", "proc", "proc", os.path.join(merged, "proc"))
         sh("mount", "--bind", "/dev", os.path.join(merged, "dev"))
         return merged, upper
@@ -236,9 +239,10 @@ def percentile(values, p):
 
 
 def stats(values, scale=1.0, digits=2):
-    return {"median": round(percentile(values, 0.5) * scale, digits), "p10": round(percentile(values, 0.1) * scale, digits),
-            "p90": round(percentile(values, 0.9) * scale, digits), "min": round(min(values) * scale, digits),
-            "max": round(max(values) * scale, digits)}
+    def r(v):
+        return round(v * scale, digits)
+    return {"median": r(percentile(values, 0.5)), "p10": r(percentile(values, 0.1)),
+            "p90": r(percentile(values, 0.9)), "min": r(min(values)), "max": r(max(values))}
 
 
 def worker(cfg):
@@ -339,13 +343,14 @@ def worker(cfg):
 
 # -- report ---------------------------------------------------------------------------------------------
 
-def report(out, trees):
+def report(out):
     lines = []
     sz = out["sizes"]
     names = list(sz)
     lines.append("  %-28s %s" % ("sizes", "  ".join("%15s" % n for n in names)))
     for key, label in (("regular_files", "regular files"), ("regular_bytes", "bytes, regular files"),
-                       ("du_apparent_bytes", "bytes, du --apparent-size"), ("layer_gzip9_bytes", "layer, tar | gzip -9")):
+                       ("du_apparent_bytes", "bytes, du --apparent-size"),
+                       ("layer_gzip9_bytes", "layer, tar | gzip -9")):
         cells = []
         for n in names:
             v = sz[n][key]
@@ -354,7 +359,8 @@ def report(out, trees):
     lines.append("  (columns: %s)" % ", ".join("%s = %s" % (n, sz[n]["path"]) for n in names))
     lines.append("")
     calls = out["calls"]
-    lines.append("one `iptables -S`, %d interleaved rounds: ms median (p10-p90) | x direct, median of per-round ratios (p10-p90)"
+    lines.append("one `iptables -S`, %d interleaved rounds: ms median (p10-p90) | x direct, median of per-round ratios"
+                 " (p10-p90)"
                  " | CPU ms | system calls before the real binary's execve | programs run" % out["rounds"])
     for label in out["order"]:
         r = calls[label]
@@ -368,7 +374,8 @@ def report(out, trees):
     for label in out["order"]:
         most = calls[label]["syscalls_most"]
         if most:
-            lines.append("  before the real execve, %s: %s" % (label, ", ".join("%d %s" % (v, k) for k, v in most.items())))
+            lines.append("  before the real execve, %s: %s" % (
+                label, ", ".join("%d %s" % (v, k) for k, v in most.items())))
     lines.append("")
     lines.append("targets:")
     for name, value, limit, ok in out["targets"]:
@@ -385,8 +392,10 @@ def targets(out):
         t.append(("%s: bytes on disk (du)" % name, format(most, ","), "<= 4 MB", most <= MAX_BYTES))
         t.append(("  the same in MiB (4 MiB = 4,194,304 bytes)", "%.2f MiB" % (most / 1048576.0), "<= 4 MiB",
                   most <= 4 * 1048576))
-        t.append(("%s: gzip -9 layer" % name, format(s["layer_gzip9_bytes"], ","), "<= 2 MB", s["layer_gzip9_bytes"] <= MAX_LAYER))
-        t.append(("%s: regular files" % name, str(s["regular_files"]), "<= %d" % MAX_FILES, s["regular_files"] <= MAX_FILES))
+        t.append(("%s: gzip -9 layer" % name, format(s["layer_gzip9_bytes"], ","), "<= 2 MB",
+                  s["layer_gzip9_bytes"] <= MAX_LAYER))
+        t.append(("%s: regular files" % name, str(s["regular_files"]), "<= %d" % MAX_FILES,
+                  s["regular_files"] <= MAX_FILES))
     if "new, first call" in calls:
         new, peer = calls["new, first call"], calls["peer, first call"]
         t.append(("new first call below the peer's first call (median ms)", "%.2f vs %.2f" % (
@@ -396,13 +405,15 @@ def targets(out):
             t.append(("  the same, paired per round (p90 of new/peer)", "%.3f" % p["p90"], "< 1", p["p90"] < 1))
         p = pairs.get("new, first call / old, first call")
         if p:
-            t.append(("new first call / old first call (paired, median)", "%.3f" % p["median"], "<= %.1f" % MAX_FIRST_VS_OLD,
+            t.append(("new first call / old first call (paired, median)", "%.3f" % p["median"],
+                      "<= %.1f" % MAX_FIRST_VS_OLD,
                       p["median"] <= MAX_FIRST_VS_OLD))
         t.append(("new first call: system calls before the real execve", str(new["syscalls_before_exec"]),
                   "<= %d" % MAX_SYSCALLS, new["syscalls_before_exec"] <= MAX_SYSCALLS))
         p = pairs.get("new, cache hit / old, cache hit")
         if p:
-            t.append(("new cache hit / old cache hit (paired, median)", "%.3f" % p["median"], "<= %.2f" % MAX_HIT_VS_OLD,
+            t.append(("new cache hit / old cache hit (paired, median)", "%.3f" % p["median"],
+                      "<= %.2f" % MAX_HIT_VS_OLD,
                       p["median"] <= MAX_HIT_VS_OLD))
     return t
 
@@ -428,6 +439,9 @@ def main(argv):
             raise SystemExit(__doc__)
     if os.geteuid() != 0:
         raise SystemExit("bench: run as root (namespaces, overlay mounts, chroot)")
+    for tool in ("strace", "unshare", "tar", "gzip"):
+        if not shutil.which(tool, path=SYSTEM_PATH):
+            raise SystemExit("bench: %s is needed (.ci/setup installs it)" % tool)
     if not opts["--frozen"] or not opts["--baseline"]:
         raise SystemExit("bench: --frozen NEW-TREE and --baseline OLD-TREE are needed\n" + __doc__)
     out = {"rounds": rounds, "hint": hint, "sizes": {}, "machine": os.uname().release,
@@ -446,9 +460,10 @@ def main(argv):
             out["sizes"]["peer arm64"] = dict(sizes(os.path.dirname(arm)), path=os.path.dirname(arm))
         work = os.path.join(tmp, "ns")
         os.mkdir(work, 0o700)
-        cfg = {"workdir": work, "root": bookworm_root(opts["--root"]), "peer": peer, "trees": trees, "rounds": rounds,
-               "hint": hint, "pairs": [("new, first call", "old, first call"), ("new, first call", "peer, first call"),
-                                       ("new, cache hit", "old, cache hit"), ("peer, later call", "new, cache hit")]}
+        pairs = [("new, first call", "old, first call"), ("new, first call", "peer, first call"),
+                 ("new, cache hit", "old, cache hit"), ("peer, later call", "new, cache hit")]
+        cfg = {"workdir": work, "root": bookworm_root(opts["--root"]), "peer": peer, "trees": trees,
+               "rounds": rounds, "hint": hint, "pairs": pairs}
         proc = subprocess.run(["unshare", "--mount", "--pid", "--fork", "--net", "--propagation", "private",
                                PYTHON, os.path.abspath(__file__), "--worker", json.dumps(cfg)],
                               stdout=subprocess.PIPE, env={"PATH": SYSTEM_PATH})
@@ -465,9 +480,9 @@ def main(argv):
     if as_json == "-":
         print(json.dumps(out, indent=2, sort_keys=True))
     else:
-        print("bench/onefile.py: kernel %s, load %.1f -> %.1f%s" % (out["machine"], out["load"][0], out["load_after"][0],
-                                                                     ", with kubelet's hint chain" if hint else ""))
-        print(report(out, trees))
+        print("bench/onefile.py: kernel %s, load %.1f -> %.1f%s" % (
+            out["machine"], out["load"][0], out["load_after"][0], ", with kubelet's hint chain" if hint else ""))
+        print(report(out))
     return 0
 
 
