@@ -59,16 +59,24 @@ def beside(path, name):
     return head + sep + name
 
 
-def link_chain(path):
+def link_chain(path, known=None):
     """[path, what it links to, what that links to, ...] up to the file that is no symlink (at most
-    40 links, the kernel's own limit)."""
+    40 links, the kernel's own limit). `known`: {path: its chain} already read in this search (the
+    variants of a family all end in one multi-call binary), filled as it goes."""
     chain = [path]
     while len(chain) <= 40:
+        if known is not None and chain[-1] in known:
+            chain.extend(known[chain[-1]][1:])
+            break
         try:
             target = posix.readlink(chain[-1])
         except OSError:  # not a symlink (EINVAL), or gone
             break
         chain.append(beside(chain[-1], target))
+    chain = chain[:41]
+    if known is not None:
+        for i, p in enumerate(chain):
+            known.setdefault(p, chain[i:])
     return chain
 
 
@@ -97,16 +105,23 @@ def read_head(path, size):
         posix.close(fd)
 
 
-def is_shim_copy(path, st):
+def is_shim_copy(path, st, known=None):
     """Is this a copy of the shim (another checkout's bin/, cp -r): the same entry script in another
-    file, which file identity cannot tell. Only small files are read: real binaries are large."""
+    file, which file identity cannot tell. Only small files are read: real binaries are large.
+    `known`: what this search already read (link chains, marker files), asked once each."""
     if st.st_size > 65536:
         # A frozen shim (packaging/build.sh) is a large executable: its tree carries a marker file.
+        mark = beside(link_chain(path, known)[-1], FROZEN_MARK)
+        if known is not None and (FROZEN_MARK, mark) in known:
+            return known[(FROZEN_MARK, mark)]
         try:
-            posix.stat(beside(link_chain(path)[-1], FROZEN_MARK))
-            return True
+            posix.stat(mark)
+            found = True
         except OSError:
-            return False
+            found = False
+        if known is not None:
+            known[(FROZEN_MARK, mark)] = found
+        return found
     head = read_head(path, 4096)
     return head is not None and SHIM_MARK in head
 
@@ -115,6 +130,7 @@ def find_on_path(names, path_env, shim_ids):
     """{name: path} of the first executable regular file for each name, skipping shims."""
     found = {}
     wanted = list(names)
+    known = {}  # one search's reads of links and markers (the files may change between searches)
     for directory in search_dirs(path_env):
         for name in wanted:
             if name in found:
@@ -124,7 +140,7 @@ def find_on_path(names, path_env, shim_ids):
                 st = posix.stat(path)
             except OSError:
                 continue
-            if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) in shim_ids or is_shim_copy(path, st):
+            if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) in shim_ids or is_shim_copy(path, st, known):
                 continue
             if st.st_mode & stat.S_IWOTH:
                 continue  # a binary anyone may rewrite is not one root should run
