@@ -10,7 +10,10 @@ What is in it (docs/packaging.md "The SBOM"):
 - every bundled component the build recorded in TREE/BUILDINFO, one per line, tab-separated
   `name<TAB>version<TAB>origin`, origin such as `debian-source python3.11 3.11.2-6+deb12u8` or
   `pypi ziglang 0.13.0`; Debian and PyPI origins become package URLs (purl) naming the package and
-  version, and every origin is kept verbatim as the property iptables-shim:origin;
+  version (the Debian revision included), and every origin is kept verbatim as the property
+  iptables-shim:origin;
+- each standard library module frozen into the executable (BUILDINFO's `frozen-stdlib<TAB>MODULE`
+  lines, packaging/freeze.py's list) as a component inside the python component, with its version;
 - a tree without BUILDINFO (the PyInstaller onedir layout) says what can be read from the files:
   the Python version (libpython's name, refined by the version string inside it) and each bundled
   shared library by file name, all with origin "unknown origin";
@@ -44,12 +47,13 @@ class SbomError(Exception):
 
 
 class Component(object):
-    """One bundled component: a BUILDINFO line, or what an old tree's files say."""
+    """One bundled component: a BUILDINFO line, or what an old tree's files say; `frozen`: the
+    standard library modules frozen in (python's only)."""
 
-    __slots__ = ("name", "version", "origin")
+    __slots__ = ("name", "version", "origin", "frozen")
 
     def __init__(self, name, version, origin):
-        self.name, self.version, self.origin = name, version, origin
+        self.name, self.version, self.origin, self.frozen = name, version, origin, []
 
 
 class ElfFile(object):
@@ -61,16 +65,31 @@ class ElfFile(object):
 
 # -- reading the tree ------------------------------------------------------------------------------
 
+FROZEN_STDLIB = "frozen-stdlib"
+MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
 def parse_buildinfo(text):
-    """[Component] from BUILDINFO's lines; blank lines and # comments skipped."""
-    out = []
+    """[Component] from BUILDINFO's lines, the frozen-stdlib lines as python's `frozen`; blank
+    lines and # comments skipped."""
+    out, frozen = [], []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.startswith("#"):
             continue
-        fields = line.split("\t")
-        if len(fields) != 3 or not all(f.strip() for f in fields):
+        fields = [f.strip() for f in line.split("\t")]
+        if fields[0] == FROZEN_STDLIB:
+            if len(fields) != 2 or not MODULE_NAME.fullmatch(fields[1]):
+                raise SbomError("BUILDINFO line %d is not frozen-stdlib<TAB>MODULE: %r" % (n, line))
+            frozen.append(fields[1])
+        elif len(fields) != 3 or not all(fields):
             raise SbomError("BUILDINFO line %d is not name<TAB>version<TAB>origin: %r" % (n, line))
-        out.append(Component(*(f.strip() for f in fields)))
+        else:
+            out.append(Component(*fields))
+    if frozen:
+        python = [c for c in out if c.name == "python"]
+        if not python:
+            raise SbomError("BUILDINFO names frozen standard library modules but no python line")
+        python[0].frozen = frozen
     return out
 
 
@@ -119,6 +138,15 @@ def components_without_buildinfo(tree, elves):
 
 
 # -- the document ----------------------------------------------------------------------------------
+
+def frozen_module(python, module):
+    """A standard library module frozen into the executable: part of the python component."""
+    item = {"type": "library", "bom-ref": "python-stdlib-" + module, "name": module}
+    if python.version:
+        item["version"] = python.version
+    item["properties"] = [{"name": ORIGIN_PROPERTY, "value": "frozen into iptables-shim from " + python.origin}]
+    return item
+
 
 def purl(component, arch):
     """The package URL of a Debian or PyPI origin, or None."""
@@ -179,6 +207,8 @@ def document(tree, image=None, at=None):
         if p:
             item["purl"] = p
         item["properties"] = [{"name": ORIGIN_PROPERTY, "value": c.origin}]
+        if c.frozen:
+            item["components"] = [frozen_module(c, m) for m in c.frozen]
         components.append(item)
     libraries = [c["bom-ref"] for c in components]
     for e in elves:
@@ -200,7 +230,7 @@ def document(tree, image=None, at=None):
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     when = time.gmtime(int(epoch) if epoch and epoch.isdigit() else time.time())
     seed = json.dumps([image, at, [(e.path, e.sha256) for e in elves],
-                       [(c.name, c.version, c.origin) for c in bundled]])
+                       [(c.name, c.version, c.origin, c.frozen) for c in bundled]])
     return {
         "bomFormat": "CycloneDX",
         "specVersion": SPEC_VERSION,

@@ -171,3 +171,31 @@ def test_frozen_tree_needs_nothing_from_the_image_or_glibc_2_17_at_most():
     problems = floor_problems(tree)
     ws.log("frozen tree floor: %s" % ("; ".join(problems) or "nothing from the image"))
     assert problems == [], "\n".join(["frozen tree %s:" % tree] + problems)
+
+
+@pytest.mark.images
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the frozen build runs debootstrap and chroot")
+def test_frozen_tree_is_one_executable_its_marker_buildinfo_and_six_links():
+    """The one-file tree (docs/images.md): the regular files iptables-shim, iptables-shim.frozen and
+    BUILDINFO (at most 6 regular files), the six names as relative links to the executable, nothing
+    else: no lib/, no directory at all. BUILDINFO names the standard library modules frozen in."""
+    from shim.tools import SHIM_NAMES
+    from test_frozen_roots import workspace
+
+    _, tree = workspace()
+    regular, links, other = [], {}, []
+    for name in sorted(os.listdir(tree)):
+        path = os.path.join(tree, name)
+        if os.path.islink(path):
+            links[name] = os.readlink(path)
+        elif os.path.isfile(path):
+            regular.append(name)
+        else:
+            other.append(name)
+    assert other == [] and not os.path.lexists(os.path.join(tree, "lib")), other
+    assert regular == ["BUILDINFO", "iptables-shim", "iptables-shim.frozen"] and len(regular) <= 6, regular
+    assert links == {name: "iptables-shim" for name in SHIM_NAMES}, links
+    assert elf.is_elf(os.path.join(tree, ENTRY)) and os.access(os.path.join(tree, ENTRY), os.X_OK)
+    frozen = [l.split("\t")[1].strip() for l in open(os.path.join(tree, "BUILDINFO")) if l.startswith("frozen-stdlib\t")]
+    assert frozen and frozen == sorted(frozen), frozen
+    assert all(re.fullmatch(r"[A-Za-z_]\w*(\.\w+)*", m) and m.split(".")[0] != "shim" for m in frozen), frozen

@@ -2,14 +2,17 @@
 file, found by walking it and reading magic numbers, with its SHA-256) and against the CycloneDX 1.6
 JSON schema (cyclonedx-python-lib's strict validator, in the deploy tools' venv).
 
-Small trees made here stand for both layouts: one with BUILDINFO (the static build), one without
-(PyInstaller's onedir, with Debian's own libpython3.11 copied in); the real frozen tree and the
-SBOM inside the .deb are checked too (mark images: they need the frozen build).
+Small trees made here stand for both layouts: one with BUILDINFO (the one-file build: one executable,
+its links, the marker), one without (PyInstaller's onedir, with Debian's own libpython3.11 copied
+in); the real frozen tree and the SBOM inside the .deb are checked too (mark images: they need the
+frozen build): the SBOM names exactly what BUILDINFO says is inside, the frozen standard library
+modules included.
 """
 
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 
@@ -24,7 +27,10 @@ BUILDINFO = ("python\t3.11.2\tdebian-source python3.11 3.11.2-6+deb12u8\n"
              "zlib\t1.2.13\tdebian-source zlib 1:1.2.13.dfsg-1\n"
              "# the C library\n"
              "musl\t1.2.5\tpypi ziglang 0.13.0\n"
-             "mpdecimal\t2.5.1\tbuilt from a tarball\n")
+             "mpdecimal\t2.5.1\tbuilt from a tarball\n"
+             "iptables-shim\t0.1.0\tsource 0123456789ab\n"
+             "frozen-stdlib\tcollections.abc\n"
+             "frozen-stdlib\tjson\n")
 LIBPYTHON = "/usr/lib/x86_64-linux-gnu/libpython3.11.so.1.0"
 
 
@@ -69,15 +75,15 @@ def make_tree(path, buildinfo=True):
     for n in ("iptables", "iptables-save", "ip6tables"):
         (path / n).symlink_to("iptables-shim")
     (path / "iptables-shim.frozen").write_text("marker\n")
-    lib = path / ("lib" if buildinfo else "_internal")
+    if buildinfo:  # the one-file tree: nothing else
+        (path / "BUILDINFO").write_text(BUILDINFO)
+        return path
+    lib = path / "_internal"
     lib.mkdir()
     (lib / "shim.pyc").write_bytes(b"\xa7\x0d\x0d\x0a" + b"\0" * 12)
     shutil.copy("/usr/lib/x86_64-linux-gnu/libz.so.1", str(lib / "libz.so.1"))
     (lib / "libz.so").symlink_to("libz.so.1")
-    if buildinfo:
-        (path / "BUILDINFO").write_text(BUILDINFO)
-    else:
-        shutil.copy(LIBPYTHON, str(lib / "libpython3.11.so.1.0"))
+    shutil.copy(LIBPYTHON, str(lib / "libpython3.11.so.1.0"))
     return path
 
 
@@ -89,15 +95,24 @@ def test_tree_with_buildinfo(tmp_path):
     assert doc["bomFormat"] == "CycloneDX" and doc["specVersion"] == "1.6"
     assert doc["metadata"]["timestamp"] == "2023-11-14T22:13:20Z"  # SOURCE_DATE_EPOCH
     assert doc["metadata"]["component"]["name"] == "iptables-shim"
-    assert listed_files(doc) == elf_files(tree) and set(elf_files(tree)) == {"iptables-shim", "lib/libz.so.1"}
+    assert listed_files(doc) == elf_files(tree) and set(elf_files(tree)) == {"iptables-shim"}
     libs = {c["name"]: c for c in doc["components"] if c["type"] == "library"}
     assert sorted(libs) == ["mpdecimal", "musl", "python", "zlib"]
     assert libs["python"]["version"] == "3.11.2"
     assert libs["python"]["purl"] == "pkg:deb/debian/python3.11@3.11.2-6%2Bdeb12u8?arch=source"
+    # The modules frozen into the executable, inside python, with its version and origin.
+    assert [(m["name"], m["version"]) for m in libs["python"]["components"]] == [
+        ("collections.abc", "3.11.2"), ("json", "3.11.2")]
+    assert {p["value"] for m in libs["python"]["components"] for p in m["properties"]} == {
+        "frozen into iptables-shim from debian-source python3.11 3.11.2-6+deb12u8"}
+    shim = doc["metadata"]["component"]
+    assert shim["version"] == "0.1.0" and {"name": "iptables-shim:origin", "value": "source 0123456789ab"} in \
+        shim["properties"], shim
     assert libs["zlib"]["purl"] == "pkg:deb/debian/zlib@1%3A1.2.13.dfsg-1?arch=source"
     assert libs["musl"]["purl"] == "pkg:pypi/ziglang@0.13.0"
     assert "purl" not in libs["mpdecimal"]
     for c in libs.values():
+        assert "components" in c or c["name"] != "python"
         assert c["properties"] == [{"name": "iptables-shim:origin", "value": [
             l.split("\t")[2].strip() for l in BUILDINFO.splitlines() if l.startswith(c["name"] + "\t")][0]}]
     # The same tree gives the same document (time and serial number included).
@@ -131,9 +146,14 @@ def test_tree_without_buildinfo_says_what_its_files_say(tmp_path):
 def test_bad_input_one_line(tmp_path):
     tree = make_tree(tmp_path / "tree")
     (tree / "BUILDINFO").write_text("python 3.11.2 no tabs\n")
+    frozen_without_python = make_tree(tmp_path / "frozen-without-python")
+    (frozen_without_python / "BUILDINFO").write_text("zlib\t1.2.13\tsource\nfrozen-stdlib\tjson\n")
+    bad_module = make_tree(tmp_path / "bad-module")
+    (bad_module / "BUILDINFO").write_text(BUILDINFO + "frozen-stdlib\tjson decoder\n")
     empty = tmp_path / "empty"
     empty.mkdir()
-    for args in ([str(tree)], [str(empty)], [str(tmp_path / "missing")], [], ["--at"], ["--bogus", str(tree)]):
+    for args in ([str(tree)], [str(frozen_without_python)], [str(bad_module)], [str(empty)],
+                 [str(tmp_path / "missing")], [], ["--at"], ["--bogus", str(tree)]):
         r = subprocess.run([SBOM] + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         err = r.stderr.decode()
         assert r.returncode != 0 and r.stdout == b"" and len(err.splitlines()) == 1, (args, err)
@@ -151,9 +171,21 @@ def test_the_frozen_tree_and_the_package(tmp_path):
     assert elves and listed_files(doc) == elves
     libs = {c["name"]: c for c in doc["components"] if c["type"] == "library"}
     assert libs["python"].get("version", "").startswith("3."), libs
-    if os.path.exists(os.path.join(tree, "BUILDINFO")):
-        names = [l.split("\t")[0] for l in open(os.path.join(tree, "BUILDINFO")) if l.strip() and not l.startswith("#")]
-        assert sorted(libs) == sorted(n for n in names if n != "iptables-shim")
+    # Exactly what BUILDINFO says is inside: the interpreter (its version, its Debian revision in
+    # the purl), zlib, musl, the shim (its version and commit) and the frozen standard library.
+    lines = [l.rstrip("\n").split("\t") for l in open(os.path.join(tree, "BUILDINFO")) if l.strip()]
+    bundled = {f[0]: f for f in lines if f[0] != "frozen-stdlib"}
+    assert sorted(bundled) == ["iptables-shim", "musl", "python", "zlib"], bundled
+    assert sorted(libs) == ["musl", "python", "zlib"], libs
+    for name in libs:
+        assert libs[name]["version"] == bundled[name][1]
+        assert libs[name]["properties"] == [{"name": "iptables-shim:origin", "value": bundled[name][2]}]
+    debian_version = bundled["python"][2].split()[2]
+    assert libs["python"]["purl"] == "pkg:deb/debian/python3.11@%s?arch=source" % debian_version.replace("+", "%2B")
+    assert re.fullmatch(r"source [0-9a-f]{12}", bundled["iptables-shim"][2]), bundled
+    assert {"name": "iptables-shim:origin", "value": bundled["iptables-shim"][2]} in doc["metadata"]["component"]["properties"]
+    frozen = [f[1] for f in lines if f[0] == "frozen-stdlib"]
+    assert frozen and [m["name"] for m in libs["python"]["components"]] == frozen
     # The .deb carries the same list, with the paths it installs.
     x = str(tmp_path / "x")
     subprocess.run(["dpkg-deb", "-x", test_deb.built_deb(), x], check=True)
