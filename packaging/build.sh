@@ -300,6 +300,8 @@ main() {
     fi
     # The commit's time, for every time stamp the build writes (tree, .deb): reproducible builds.
     export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git -C "$REPO" log -1 --format=%ct 2>/dev/null || echo 0)}
+    # zlib's and CPython's configure scripts split their compiler's path at spaces.
+    case "$CACHE$REPO" in *[[:space:]]*) die "the checkout ($REPO) and the build cache ($CACHE) must have no space in their paths" ;; esac
     ensure_zig
     ensure_sources
     build_python "$ARCH"

@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.images, pytest.mark.skipif(os.geteuid() != 0, reason="
 # Two builders, unalike in everything the bytes must not depend on.
 BUILDERS = [
     {"dir": "a", "umask": 0o022, "env": {"LC_ALL": "C", "TZ": "UTC"}},
-    {"dir": "b/a longer path/x", "umask": 0o077, "env": {"LC_ALL": "C.UTF-8", "TZ": "Pacific/Kiritimati"}},
+    {"dir": "b/a-longer-path/x", "umask": 0o077, "env": {"LC_ALL": "C.UTF-8", "TZ": "Pacific/Kiritimati"}},
 ]
 
 
