@@ -30,6 +30,8 @@
 # interpreter is built once per recipe and architecture (1-2 min on 2 cores), a change to shim/ or
 # the launcher only refreezes and relinks (seconds).
 set -euo pipefail
+# The tree's modes are its own, not the builder's umask (tests/test_reproducible.py builds under 077).
+umask 022
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE=${IPTABLES_SHIM_BUILD_CACHE:-/var/cache/iptables-shim-build}

@@ -18,6 +18,8 @@
 # against it). Made with dpkg-deb (--root-owner-group: no root needed); file times are
 # $SOURCE_DATE_EPOCH, else the last commit's.
 set -euo pipefail
+# The package's modes are its own, not the builder's umask (tests/test_reproducible.py builds under 077).
+umask 022
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PKG=iptables-shim
