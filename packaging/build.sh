@@ -208,9 +208,11 @@ PY
             make -s -f Makefile -f - flags >"$work/link-flags") >"$work/cpython.log" 2>&1 ||
         die "CPython build failed, see $work/cpython.log"
     cp "$py/libpython3.11.a" "$work/libpython.a"
-    # What freeze.py must know: the modules the interpreter freezes itself (Python/frozen.c's
-    # stdlib table) and those built in (Modules/config.c's inittab).
-    sed -n '/stdlib_modules\[\] = {/,/^};/p' "$py/Python/frozen.c" | sed -n 's/^ *{"\([^"<]*\)".*/\1/p' >"$work/frozen-names"
+    # What freeze.py must know, and BUILDINFO names: the modules the interpreter freezes itself
+    # (Python/frozen.c's tables, and getpath, which its start runs) and those built in
+    # (Modules/config.c's inittab).
+    { sed -n '/_modules\[\] = {/,/^};/p' "$py/Python/frozen.c" | sed -n 's/^ *{"\([^"<]*\)".*/\1/p'
+      echo getpath; } | LC_ALL=C sort -u >"$work/frozen-names"
     sed -n 's/^ *{"\([A-Za-z0-9_]*\)", .*/\1/p' "$py/Modules/config.c" >"$work/builtin-names"
     grep -qx io "$work/frozen-names" && grep -qx posix "$work/builtin-names" ||
         die "Python/frozen.c or Modules/config.c: not where build.sh reads the frozen and builtin names"
@@ -252,8 +254,8 @@ link_launcher() {
     rm -rf "$out"
 }
 
-# buildinfo ARCH MODULES: what went in, tab-separated: name, version, origin (packaging/sbom.py reads
-# it), then each frozen module of the standard library.
+# buildinfo ARCH MODULES INTERPRETER_FROZEN: what went in, tab-separated: name, version, origin
+# (packaging/sbom.py reads it), then each frozen module of the standard library.
 buildinfo() {
     printf 'python\t%s\tdebian-source %s %s\n' "$(source_version $PYTHON_SOURCE | cut -d- -f1)" \
         "$PYTHON_SOURCE" "$(source_version $PYTHON_SOURCE)"
@@ -263,7 +265,9 @@ buildinfo() {
         "$CACHE/zig-$ZIG_VERSION/ziglang/lib/libc/musl/src/internal/version.h")" "$ZIG_VERSION"
     printf 'iptables-shim\t%s\tsource %s\n' "$(sed -n 's/^version = "\(.*\)"$/\1/p' "$REPO/pyproject.toml" | head -1)" \
         "$(git -C "$REPO" rev-parse --short=12 HEAD 2>/dev/null || echo unknown)"
-    grep -v -e '^shim$' -e '^shim[.]' -e '^iptables_shim_entry$' "$2" | sed 's/^/frozen-stdlib\t/'
+    # every standard library module inside: frozen in by freeze.py, or by the interpreter itself
+    { grep -v -e '^shim$' -e '^shim[.]' -e '^iptables_shim_entry$' "$2"; cat "$3"; } | LC_ALL=C sort -u |
+        sed 's/^/frozen-stdlib\t/'
 }
 
 assemble_tree() {
@@ -273,7 +277,7 @@ assemble_tree() {
     link_launcher "$arch" "$tree.new"
     cp "$REPO/packaging/iptables-shim.frozen" "$tree.new/"
     for n2 in $NAMES; do ln -sfn iptables-shim "$tree.new/$n2"; done
-    buildinfo "$arch" "$tree.new/frozen-modules" >"$tree.new/BUILDINFO"
+    buildinfo "$arch" "$tree.new/frozen-modules" "$CACHE/python-$arch-$(python_key "$arch")/frozen-names" >"$tree.new/BUILDINFO"
     rm "$tree.new/frozen-modules"
     # The same bytes, whatever the umask and clock of the build (tests/test_reproducible.py).
     chmod 0755 "$tree.new" "$tree.new/iptables-shim"
