@@ -21,13 +21,14 @@ Mark `images` (the frozen build); a few seconds once it is cached.
 import os
 import shutil
 import subprocess
-import tempfile
 
 import pytest
 
 import croute
 from conftest import NOBODY
 from namespaces import NSENTER, Netns
+from test_callers import shared_root  # noqa: F401 (a fixture: a 0755 directory under /var/tmp)
+from test_fast_route import tree  # noqa: F401 (a fixture: a copy of the run's frozen tree under /var/tmp)
 from shim.log import parse_line
 
 pytestmark = [pytest.mark.images,
@@ -35,29 +36,6 @@ pytestmark = [pytest.mark.images,
 
 SBIN = "/usr/sbin:/usr/bin:/sbin:/bin"
 SIX = ("iptables", "iptables-save", "iptables-restore", "ip6tables", "ip6tables-save", "ip6tables-restore")
-
-
-@pytest.fixture(scope="module")
-def tree():
-    """A copy of the run's frozen tree under a 0755 directory of /var/tmp (every caller reads it,
-    and a set-user-ID bit holds there)."""
-    from test_frozen_roots import workspace
-
-    _, built = workspace()
-    top = tempfile.mkdtemp(prefix="frozen-situations-", dir="/var/tmp")
-    os.chmod(top, 0o755)
-    copy = os.path.join(top, "iptables-shim")
-    shutil.copytree(built, copy, symlinks=True)
-    yield copy
-    shutil.rmtree(top, ignore_errors=True)
-
-
-@pytest.fixture
-def work():
-    d = tempfile.mkdtemp(prefix="frozen-situation-", dir="/var/tmp")
-    os.chmod(d, 0o755)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def write(path, data, mode=0o644):
@@ -117,11 +95,11 @@ def root_with_tree_at_slash(tree, root):
             shutil.copy("/etc/" + name, os.path.join(root, "etc", name))
 
 
-def test_the_tree_at_the_root_reads_its_own_file_in_both_routes(tree, work):
+def test_the_tree_at_the_root_reads_its_own_file_in_both_routes(tree, shared_root):
     """/iptables-shim with a root-owned /iptables-shim.conf saying legacy, nft holding a rule: both
     routes run legacy (step 1), the rule lands there, and the log lines are the same. Failed
     before: Python got "" as the tree's directory and skipped the file (nft, step 4)."""
-    root = os.path.join(work, "root")
+    root = os.path.join(shared_root, "root")
     root_with_tree_at_slash(tree, root)
     write(os.path.join(root, "iptables-shim.conf"), "IPTABLES_SHIM_MODE=legacy\n")
 
@@ -177,14 +155,14 @@ def test_an_address_space_limit_is_named(tree, netns):
 
 
 @pytest.mark.parametrize("kind", ["settled, with a log", "first call of a netns, with a log and the cache"])
-def test_a_file_size_limit_of_0_stops_nothing_and_leaves_nothing(tree, work, kind):
+def test_a_file_size_limit_of_0_stops_nothing_and_leaves_nothing(tree, shared_root, kind):
     """ulimit -f 0: every write of the shim's own fails (EFBIG; SIGXFSZ would kill), the call runs
     in the backend it would have, and the cache directory holds no temporary file. Failed before:
     both routes died of SIGXFSZ (153) writing the log, or the cache entry (leaving a 0-byte
     .cookie-N.PID.tmp)."""
     def run(route_env):
         tag = route_env["IPTABLES_SHIM_FAST_ROUTE"]
-        cache, log = os.path.join(work, "cache-" + tag), os.path.join(work, "log-" + tag)
+        cache, log = os.path.join(shared_root, "cache-" + tag), os.path.join(shared_root, "log-" + tag)
         env = dict({"PATH": tree + ":" + SBIN, "IPTABLES_SHIM_CACHE_DIR": cache, "IPTABLES_SHIM_LOG": log},
                    **route_env)
         if kind.startswith("settled"):
@@ -227,21 +205,21 @@ STATUS = b"#!/bin/sh\nexec /bin/grep -E '^(SigIgn|SigBlk|SigPnd|ShdPnd):' /proc/
 
 @pytest.mark.parametrize("fsize", ["unlimited", "0"])
 @pytest.mark.parametrize("how", ["default", "ignore SIGPIPE", "ignore SIGPIPE, block SIGUSR1 and SIGXFSZ"])
-def test_the_callers_signals_reach_the_real_binary_as_in_a_direct_call(tree, work, netns, how, fsize):
+def test_the_callers_signals_reach_the_real_binary_as_in_a_direct_call(tree, shared_root, netns, how, fsize):
     """The real binary (a fake printing its SigIgn, SigBlk and pending sets) sees what it sees when
     the caller runs it directly, through both routes, with the shim's own log write failing on a
     file-size limit too (that write's SIGXFSZ ignored or discarded, never left pending). Failed
     before: the frozen tree set SIGPIPE and SIGXFSZ to default before exec."""
-    fake = os.path.join(work, "fake")
+    fake = os.path.join(shared_root, "fake")
     os.makedirs(fake)
     write(os.path.join(fake, "iptables-nft"), STATUS, 0o755)
-    caller = os.path.join(work, "caller.py")
+    caller = os.path.join(shared_root, "caller.py")
     write(caller, CALLER)
     limit = ["/usr/bin/prlimit", "--fsize=" + fsize]
 
     def call(target, route_env):
         env = dict({"PATH": tree + ":" + fake + ":" + SBIN, "IPTABLES_SHIM_MODE": "nft",
-                    "IPTABLES_SHIM_LOG": os.path.join(work, "shim.log")}, **route_env)
+                    "IPTABLES_SHIM_LOG": os.path.join(shared_root, "shim.log")}, **route_env)
         r = netns.run(limit + ["/usr/bin/python3", "-I", caller, how, target], env=env)
         assert (r.returncode, r.stderr) == (0, b""), r
         return r.stdout.decode()
@@ -252,10 +230,10 @@ def test_the_callers_signals_reach_the_real_binary_as_in_a_direct_call(tree, wor
         assert seen == direct, (route, seen, direct)
 
 
-def test_a_set_user_id_or_capability_copy_refuses(tree, work, netns):
+def test_a_set_user_id_or_capability_copy_refuses(tree, shared_root, netns):
     """A copy of the executable set-user-ID root, or with a file capability, run by nobody: one
     line, 127, nothing run (AT_SECURE). Failed before: it ran the caller's PATH as root."""
-    copy = os.path.join(work, "tree")
+    copy = os.path.join(shared_root, "tree")
     shutil.copytree(tree, copy, symlinks=True)
     exe = os.path.join(copy, "iptables-shim")
     nobody = ["/usr/bin/setpriv", "--reuid=%d" % NOBODY, "--regid=%d" % NOBODY, "--clear-groups"]
@@ -276,16 +254,16 @@ def test_a_set_user_id_or_capability_copy_refuses(tree, work, netns):
 
 # -- one call, one line -------------------------------------------------------------------------------
 
-def test_a_binary_that_cannot_be_executed_gives_one_log_line(tree, work, netns):
+def test_a_binary_that_cannot_be_executed_gives_one_log_line(tree, shared_root, netns):
     """ENOEXEC: the C route writes its line, its execv fails, Python decides again and fails the
     same way: one line in the log for the one call, as with the C route off, and one error line.
     Failed before: two identical lines every time."""
-    bad = os.path.join(work, "bad")
+    bad = os.path.join(shared_root, "bad")
     os.makedirs(bad)
     write(os.path.join(bad, "iptables-legacy"), b"\x01\x02 not a program\n", 0o755)
 
     def run(route_env):
-        log = os.path.join(work, "log-" + route_env["IPTABLES_SHIM_FAST_ROUTE"])
+        log = os.path.join(shared_root, "log-" + route_env["IPTABLES_SHIM_FAST_ROUTE"])
         env = dict({"PATH": tree + ":" + bad + ":" + SBIN, "IPTABLES_SHIM_MODE": "legacy", "IPTABLES_SHIM_LOG": log},
                    **route_env)
         r = netns.run([tree + "/iptables", "-S"], env=env)
@@ -299,11 +277,11 @@ def test_a_binary_that_cannot_be_executed_gives_one_log_line(tree, work, netns):
 
 # -- explain, paths as bytes ------------------------------------------------------------------------
 
-def test_explain_with_a_path_that_is_not_utf8(tree, work, netns):
+def test_explain_with_a_path_that_is_not_utf8(tree, shared_root, netns):
     """A PATH directory named with bytes that are not UTF-8: explain names the route and prints the
     binary as the file system spells it. Failed before: "damaged or half-replaced
     (UnicodeDecodeError ...)" from the C route's answer."""
-    odd = os.path.join(work.encode(), b"caf\xe9")
+    odd = os.path.join(shared_root.encode(), b"caf\xe9")
     os.makedirs(odd)
     os.symlink(b"/usr/sbin/xtables-legacy-multi", os.path.join(odd, b"iptables-legacy"))
     env = {b"PATH": tree.encode() + b":" + odd + b":" + SBIN.encode(), b"IPTABLES_SHIM_MODE": b"legacy"}
@@ -314,14 +292,14 @@ def test_explain_with_a_path_that_is_not_utf8(tree, work, netns):
     assert [l.split()[1] for l in lines if l.startswith(b"route:")] == [b"launcher"], r.stdout
 
 
-def test_a_log_path_too_long_is_handed_over_for_that(work):
+def test_a_log_path_too_long_is_handed_over_for_that(shared_root):
     """A log file's path longer than PATH_MAX: the C route hands the call over naming the path, not
     the line (Python then fails to open it and the call goes on)."""
-    exe = os.path.join(work, "tree", "iptables-shim")
+    exe = os.path.join(shared_root, "tree", "iptables-shim")
     os.makedirs(os.path.dirname(exe))
     write(exe, b"\x7fELF" + b"\0" * 70000, 0o755)
     env = {"PATH": SBIN, "IPTABLES_SHIM_MODE": "nft", "IPTABLES_SHIM_LOG": "/" + "l" * 5000,
-           "IPTABLES_SHIM_CONFIG": os.path.join(work, "none.conf")}
+           "IPTABLES_SHIM_CONFIG": os.path.join(shared_root, "none.conf")}
     r = subprocess.run([croute.probe(), exe, "iptables", "-S"], env=env, stdout=subprocess.PIPE,
                        stderr=subprocess.PIPE, timeout=60)
     assert r.returncode == 3 and r.stderr == b"", r
