@@ -6,15 +6,21 @@ SIGXFSZ kills by default: the frozen tree's interpreter keeps the caller's dispo
 ran. For the write SIGXFSZ is ignored; where the caller blocks it instead, the one this write
 raised is discarded. Either way the caller's disposition, mask and pending signals are as they
 were, for the real binary to inherit (tests/test_frozen_situations.py; the frozen launcher's C
-route does the same: route.c write_whole).
+route does the same: route.c route_write_whole).
 """
 
 import posix
+import sys
 
 
 def write_whole(fd, data):
     """True when all of `data` was written to fd by one write(2); False on a short write or any
-    error (EFBIG included)."""
+    error (EFBIG included). The frozen tree's launcher does it in C (route.c route_write_whole):
+    importing the signal module reads all 64 dispositions, on a netns's first call."""
+    if "_iptables_shim_route" in sys.builtin_module_names:
+        import _iptables_shim_route
+
+        return _iptables_shim_route.write_whole(fd, data)
     import _signal  # builtin; not `signal`, which imports enum
 
     sig = _signal.SIGXFSZ

@@ -32,8 +32,8 @@ extern char **environ;
  * or stat'd for it (docs/images.md#one-file). */
 extern const struct _frozen iptables_shim_frozen_modules[];
 
-/* Python's entry, guarded: a tree that is damaged or half-replaced by an upgrade (a .pyc truncated,
- * missing or from another version) gives one `iptables-shim:` line and 127, never a traceback on
+/* Python's entry, guarded: an executable that is damaged (a frozen module that does not inflate or
+ * unmarshal) gives one `iptables-shim:` line and 127, never a traceback on
  * the caller's stderr (SPEC "Errors"; tests/test_damaged_tree.py). The traceback only with
  * IPTABLES_SHIM_DEBUG=1, for whoever debugs it. Out of memory is said as such, not as damage
  * (tests/test_frozen_situations.py::test_an_address_space_limit_is_named). */
@@ -112,9 +112,26 @@ static PyObject *route_logged_py(PyObject *self, PyObject *args)
     return Py_BuildValue("(NN)", PyUnicode_DecodeFSDefault(this_call.log_path), PyUnicode_DecodeFSDefault(this_call.line));
 }
 
+/* _iptables_shim_route.write_whole(fd, data) -> bool: shim.writes.write_whole in C (route.c), so
+ * that Python's own writes in the frozen tree need no signal module, whose import reads all 64
+ * dispositions (a netns's first call stores its cache entry). */
+static PyObject *route_write_whole_py(PyObject *self, PyObject *args)
+{
+    int fd, r;
+    Py_buffer data;
+    if (!PyArg_ParseTuple(args, "iy*:write_whole", &fd, &data))
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    r = route_write_whole(fd, data.buf, (size_t)data.len);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&data);
+    return PyBool_FromLong(r == 0);
+}
+
 static PyMethodDef route_methods[] = {
     {"settle", route_settle_py, METH_VARARGS, NULL},
     {"logged", route_logged_py, METH_NOARGS, NULL},
+    {"write_whole", route_write_whole_py, METH_VARARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
 

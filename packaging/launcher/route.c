@@ -1030,11 +1030,12 @@ void route_settle(int argc, char **argv, char **envp, const char *exe, struct ro
 
 /* -- the exec: shim.execute.exec_real and shim.log.append ------------------------------------- */
 
-/* shim.writes.write_whole: one write(2) of the shim's own (the log), whole or failed. A file-size
+/* shim.writes.write_whole: one write(2) of the shim's own (the log, and, through main.c, Python's log
+ * and cache entries), whole or failed. A file-size
  * limit (ulimit -f) makes the kernel send SIGXFSZ, which kills by default: it is ignored for this
  * write, or, where the caller blocks it, the one this write raised is discarded; the caller's
  * disposition, mask and pending signals are as they were (tests/test_frozen_situations.py). */
-static int write_whole(int fd, const char *data, size_t len)
+int route_write_whole(int fd, const char *data, size_t len)
 {
     struct sigaction ign = {.sa_handler = SIG_IGN}, old;
     sigset_t mask, pending;
@@ -1069,7 +1070,7 @@ static int append_log(const struct route_answer *a)
     int fd = openat(AT_FDCWD, a->log_path, O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK, 0640);
     if (fd < 0)
         return 0;
-    int ok = write_whole(fd, record, strlen(record)) == 0;
+    int ok = route_write_whole(fd, record, strlen(record)) == 0;
     close(fd);
     return ok;
 }

@@ -30,6 +30,10 @@ void route_settle_name(const char *name, char **envp, const char *exe, struct ro
  * answer->logged set where the line was written. */
 void route_exec(int argc, char **argv, struct route_answer *answer);
 
+/* One write(2) of the shim's own, whole (0) or failed (-1), never SIGXFSZ's death: the C route's
+ * log line, and Python's writes in the frozen tree (shim.writes). */
+int route_write_whole(int fd, const char *data, size_t len);
+
 /* The parsers of untrusted bytes, for the fuzz harness (tests/croute/fuzz.c). Each returns 0
  * when it parsed the bytes as Python would, -1 when Python must read them. */
 int route_parse_entry(const char *data, size_t len, int *backend, int *step, char *reason, size_t reason_size);
