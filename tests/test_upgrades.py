@@ -383,10 +383,12 @@ def test_shim_upgrades_downgrades_remove_purge_reinstall_lose_no_call(root):
 
 # dpkg -i of version 2 killed (SIGKILL) the moment its executable is renamed into place, about 20
 # renames before the last: dpkg's shipped/ then holds version 2's executable beside version 1's
-# other files, and stays so until the package is installed again.
+# other files, and stays so until the package is installed again. Those 20 renames take
+# milliseconds: the watcher runs at real-time priority and dpkg niced, or on a loaded machine dpkg
+# finished its unpack (status iU) before the watcher was scheduled (seen in a full run).
 KILL_MID_UNPACK = r"""cp %s /tmp/executable-before
-dpkg -i /root/shim-%s.deb >/tmp/dpkg.log 2>&1 & pid=$!
-python3 - $pid <<'PY'
+nice -n 19 dpkg -i /root/shim-%s.deb >/tmp/dpkg.log 2>&1 & pid=$!
+chrt -f 50 python3 - $pid <<'PY'
 import os, signal, sys, time
 pid, path = int(sys.argv[1]), "%s"
 ino, deadline = os.stat(path).st_ino, time.monotonic() + 300
