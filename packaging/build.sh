@@ -120,7 +120,7 @@ source_file() { ls "$CACHE/src/$1_"*"$2" | head -1; }
 # relinks (link_launcher, seconds); an edit of shim/ refreezes the modules (seconds).
 python_key() {
     echo "$1 $ZIG_VERSION $(source_version $PYTHON_SOURCE) $(source_version $ZLIB_SOURCE) $(
-        { cat "$REPO/packaging/launcher/shimsys.c"; declare -f build_python toolchain
+        { cat "$REPO/packaging/launcher/shimsys.c" "$REPO"/packaging/cpython-*.patch; declare -f build_python toolchain
           echo "$PATCHES $BUILTIN_MODULES $OPT_CFLAGS $OPT_LDFLAGS"; } | sha256sum | cut -c1-16)" |
         sha256sum | cut -c1-16
 }
@@ -154,6 +154,10 @@ build_python() {
     for p in $(grep -v '^#' "$series/series" | grep -E "$PATCHES"); do
         patch -d "$py" -p1 -s <"$series/$p" || die "Debian's patch $p does not apply"
         echo "$p" >>"$work/patches-applied"
+    done
+    # Ours: the start of an interpreter that imports only frozen and builtin modules (the patch says why).
+    for p in "$REPO"/packaging/cpython-*.patch; do
+        patch -d "$py" -p1 -s <"$p" || die "$p does not apply"
     done
     # Deep-frozen into the interpreter: only what its start imports (importlib, zipimport, abc,
     # codecs, io). os, site, runpy, the path modules and the test modules were 0.5 MB of objects

@@ -9,14 +9,19 @@
  *
  * First the C route (route.c) answers the calls that need no deciding (the override, the caller's
  * own facts, a trusted cache entry) and execs, before Python is even initialised. Every other call,
- * and any it hands over, goes on here in the same process: Python starts and runs
- * `import iptables_shim_entry` (packaging/entry.py), which dispatches on argv[0] and decides. */
+ * and any it hands over, goes on here in the same process: Python starts and imports
+ * iptables_shim_entry (packaging/entry.py), which dispatches on argv[0] and decides. */
 
+/* Compiled as CPython compiles its own Programs/python.c (-DPy_BUILD_CORE), for one internal:
+ * the main interpreter's collector switch (_PyRuntime), of the CPython 3.11 build.sh builds. */
+#define Py_BUILD_CORE 1
 #include "Python.h"
+#include "internal/pycore_runtime.h"
 #include "route.h"
 
 #include <errno.h>
 #include <limits.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,29 +37,9 @@ extern char **environ;
  * or stat'd for it (docs/images.md#one-file). */
 extern const struct _frozen iptables_shim_frozen_modules[];
 
-/* Python's entry, guarded: an executable that is damaged (a frozen module that does not inflate or
- * unmarshal) gives one `iptables-shim:` line and 127, never a traceback on
- * the caller's stderr (SPEC "Errors"; tests/test_damaged_tree.py). The traceback only with
- * IPTABLES_SHIM_DEBUG=1, for whoever debugs it. Out of memory is said as such, not as damage
- * (tests/test_frozen_situations.py::test_an_address_space_limit_is_named). */
-#define GUARDED_ENTRY \
-    L"try:\n" \
-    L"    import iptables_shim_entry\n" \
-    L"except SystemExit:\n" \
-    L"    raise\n" \
-    L"except MemoryError:\n" \
-    L"    import sys\n" \
-    L"    sys.stderr.write('iptables-shim: out of memory (an address-space limit, ulimit -v?); nothing was run\\n')\n" \
-    L"    sys.exit(127)\n" \
-    L"except BaseException as e:\n" \
-    L"    import sys, posix\n" \
-    L"    if posix.environ.get(b'IPTABLES_SHIM_DEBUG') == b'1':\n" \
-    L"        sys.excepthook(type(e), e, e.__traceback__)\n" \
-    L"    what = ' '.join(('%s: %s' % (type(e).__name__, e)).split())[:300]\n" \
-    L"    sys.stderr.write('iptables-shim: the shim at %s is damaged or half-replaced (%s); nothing was run: '\n" \
-    L"                     'reinstall it (apt-get install --reinstall iptables-shim, or copy the tree again)\\n'\n" \
-    L"                     % (sys.executable.rpartition('/')[0] or '/', what))\n" \
-    L"    sys.exit(127)\n"
+/* The frozen module main.c imports once Python has started: packaging/entry.py, which guards
+ * itself (a damaged executable gives one line, never a traceback: tests/test_damaged_tree.py). */
+#define ENTRY "iptables_shim_entry"
 
 /* The tree's executable, for the route module below. */
 static char exe[PATH_MAX];
@@ -187,6 +172,82 @@ static int no_memory(void)
     return fail(line);
 }
 
+/* The raw allocator of a call of the six names (main below): a call lives a few milliseconds and
+ * ends in execv, yet musl's allocator maps and unmaps a small group for about every hundred blocks
+ * Python asks of it (110 mmap and 45 munmap before the real binary, each new group faulted in
+ * afresh). One region instead, mapped once, handed out in order and never reused: its pages are
+ * touched once each, freed blocks are left where they are (the execv frees them all). When the
+ * region is used up, or could not be mapped, libc's malloc serves as before; a block's size sits
+ * in front of it, for realloc. The verbs (doctor runs for days) keep libc's allocator, and so does
+ * a caller with an address-space limit (the region would count against the headroom measured above). */
+#define REGION_SIZE (4u << 20) /* a netns's first call uses 1.2 MiB of it */
+#define REGION_ALIGN 16u
+
+static char *region_start;
+static size_t region_used; /* bytes of the region handed out (or asked for past its end) */
+
+static int in_region(void *p)
+{
+    return region_start && (uintptr_t)p - (uintptr_t)region_start < REGION_SIZE;
+}
+
+static void *region_malloc(void *ctx, size_t size)
+{
+    (void)ctx;
+    if (size <= REGION_SIZE / 2) {
+        size_t need = (size + REGION_ALIGN - 1) / REGION_ALIGN * REGION_ALIGN + REGION_ALIGN;
+        size_t at = __atomic_fetch_add(&region_used, need, __ATOMIC_RELAXED);
+        if (at <= REGION_SIZE - need) {
+            *(size_t *)(region_start + at) = size;
+            return region_start + at + REGION_ALIGN;
+        }
+    }
+    return malloc(size ? size : 1);
+}
+
+static void *region_calloc(void *ctx, size_t nelem, size_t elsize)
+{
+    if (elsize && nelem > SIZE_MAX / elsize)
+        return NULL;
+    void *p = region_malloc(ctx, nelem * elsize);
+    if (p && !in_region(p))
+        memset(p, 0, nelem * elsize);
+    return p; /* the region's pages are fresh from the kernel, zero, and given out once */
+}
+
+static void *region_realloc(void *ctx, void *p, size_t size)
+{
+    if (!p || !in_region(p))
+        return p ? realloc(p, size ? size : 1) : region_malloc(ctx, size);
+    size_t had = *(size_t *)((char *)p - REGION_ALIGN);
+    if (size <= had)
+        return p;
+    void *moved = region_malloc(ctx, size);
+    if (moved)
+        memcpy(moved, p, had);
+    return moved;
+}
+
+static void region_free(void *ctx, void *p)
+{
+    (void)ctx;
+    if (p && !in_region(p))
+        free(p);
+}
+
+static void use_region(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_AS, &rl) != 0 || rl.rlim_cur != RLIM_INFINITY)
+        return;
+    void *p = mmap(NULL, REGION_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED)
+        return;
+    region_start = p;
+    PyMemAllocatorEx region = {NULL, region_malloc, region_calloc, region_realloc, region_free};
+    PyMem_SetAllocator(PYMEM_DOMAIN_RAW, &region);
+}
+
 int main(int argc, char **argv)
 {
     /* Set-user-ID, set-group-ID or file capabilities: the shim would run the caller's PATH with
@@ -219,6 +280,10 @@ int main(int argc, char **argv)
     PyStatus status = Py_PreInitialize(&preconfig);
     if (PyStatus_Exception(status))
         return no_memory(); /* it only allocates */
+    const char *called = argc > 0 && argv[0] ? argv[0] : "";
+    const char *slash = strrchr(called, '/');
+    if (strcmp(slash ? slash + 1 : called, "iptables-shim") != 0)
+        use_region();
 
     PyConfig config;
     PyConfig_InitIsolatedConfig(&config);
@@ -237,14 +302,18 @@ int main(int argc, char **argv)
     if (!bad) {
         bad = PyStatus_Exception(PyConfig_SetString(&config, &config.executable, wexe)) ||
               PyStatus_Exception(PyConfig_SetString(&config, &config.home, wexe)) ||
-              PyStatus_Exception(PyConfig_SetBytesArgv(&config, argc, argv)) ||
-              PyStatus_Exception(PyConfig_SetString(&config, &config.run_command, GUARDED_ENTRY));
+              PyStatus_Exception(PyConfig_SetBytesArgv(&config, argc, argv));
         PyMem_RawFree(wexe);
     }
     if (bad) {
         PyConfig_Clear(&config);
         return no_memory();
     }
+    /* The cyclic collector starts off: a call of the six names ends in execv within milliseconds,
+     * and its collections during the start and the imports would only walk what they just made
+     * (3.6% of a first call's instructions). The verbs turn it on (packaging/entry.py). The main
+     * interpreter's state is static, created by Py_PreInitialize, kept by Py_InitializeFromConfig. */
+    _PyRuntime._main_interpreter.gc.enabled = 0;
     status = Py_InitializeFromConfig(&config);
     PyConfig_Clear(&config);
     if (PyStatus_Exception(status)) {
@@ -260,5 +329,23 @@ int main(int argc, char **argv)
                  status.err_msg ? status.err_msg : "?", exe);
         return fail(line);
     }
-    return Py_RunMain();
+    /* As Py_RunMain would run a command, without compiling one: the entry, frozen. SystemExit
+     * (every refusal, every verb) leaves through PyErr_Print, which finalizes and exits with its
+     * code; a call that runs its binary never comes back here. */
+    PyObject *entry = PyImport_ImportModule(ENTRY);
+    if (entry == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_SystemExit)) {
+            /* Only where the entry itself cannot be imported: it catches everything else. */
+            PyErr_Clear();
+            char line[PATH_MAX + 200];
+            const char *slash = strrchr(exe, '/');
+            int dir = slash && slash != exe ? (int)(slash - exe) : 1;
+            snprintf(line, sizeof line, "the shim at %.*s is damaged or half-replaced (its entry is missing); nothing "
+                     "was run: reinstall it (apt-get install --reinstall iptables-shim, or copy the tree again)", dir, exe);
+            return fail(line);
+        }
+        PyErr_Print();
+    }
+    Py_XDECREF(entry);
+    return Py_FinalizeEx() < 0 ? 120 : 0;
 }
