@@ -159,6 +159,30 @@ static PyObject *inflated(const unsigned char *data, size_t size, size_t raw_siz
 """
 
 
+def load_order(modules, names):
+    """`names` in an order in which each comes after its package and after the modules its import
+    runs (at module level): the executable loads a call's modules in this order before the call
+    imports any, each with one C call instead of the import system's Python (packaging/entry.py)."""
+    order, seen = [], set()
+
+    def visit(name):
+        if name in seen or name not in names:
+            return
+        seen.add(name)
+        if "." in name:
+            visit(name.rpartition(".")[0])
+        path, package = modules[name][:2]
+        with open(path, "rb") as f:
+            tree = ast.parse(f.read(), path)
+        for imported in imports_of(tree, name if package else name.rpartition(".")[0], False):
+            visit(imported)
+        order.append(name)
+
+    for name in sorted(names):
+        visit(name)
+    return order
+
+
 def c_array(data):
     rows = []
     for i in range(0, len(data), 24):
@@ -191,6 +215,10 @@ def main(repo, stdlib, frozen_file, builtins_file, out_c, out_list):
             parts.append("static PyObject *%s(void) { return inflated(module_%d, %d, %d); }" % (get_code, i, len(data), raw))
         table.append('    {"%s", module_%d, %d, %d, %s},' % (name, i, len(data), int(package), get_code))
     parts.append("")
+    parts.append("const char *const iptables_shim_call_modules[] = {")
+    parts.extend('    "%s",' % name for name in load_order(modules, hot - {ENTRY}))
+    parts.append("    NULL,")
+    parts.append("};")
     parts.append("const struct _frozen iptables_shim_frozen_modules[] = {")
     parts.extend(table)
     parts.append("    {NULL, NULL, 0, 0, NULL},")

@@ -36,6 +36,7 @@ extern char **environ;
  * (frozen.c, made by packaging/freeze.py): every import is answered from memory, no file is read
  * or stat'd for it (docs/images.md#one-file). */
 extern const struct _frozen iptables_shim_frozen_modules[];
+extern const char *const iptables_shim_call_modules[];
 
 /* The frozen module main.c imports once Python has started: packaging/entry.py, which guards
  * itself (a damaged executable gives one line, never a traceback: tests/test_damaged_tree.py). */
@@ -124,9 +125,23 @@ static struct PyModuleDef route_module = {
     .m_base = PyModuleDef_HEAD_INIT, .m_name = "_iptables_shim_route", .m_size = -1, .m_methods = route_methods,
 };
 
+/* The module, with CALL_MODULES: the frozen modules a call of the six names may import, in an
+ * order that loads each after what its import needs (freeze.py: iptables_shim_call_modules). */
 static PyObject *route_module_init(void)
 {
-    return PyModule_Create(&route_module);
+    PyObject *module = PyModule_Create(&route_module), *names = PyList_New(0);
+    for (const char *const *name = iptables_shim_call_modules; module && names && *name; name++) {
+        PyObject *item = PyUnicode_FromString(*name);
+        if (!item || PyList_Append(names, item) != 0)
+            Py_CLEAR(names);
+        Py_XDECREF(item);
+    }
+    PyObject *tuple = names ? PyList_AsTuple(names) : NULL;
+    if (!module || !tuple || PyModule_AddObjectRef(module, "CALL_MODULES", tuple) != 0)
+        Py_CLEAR(module);
+    Py_XDECREF(tuple);
+    Py_XDECREF(names);
+    return module;
 }
 
 /* Python needs a few MiB that the C route does not: doctor, the largest, about 4.5 MiB beyond the

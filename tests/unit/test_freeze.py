@@ -60,3 +60,17 @@ def test_a_module_the_shim_imports_that_exists_nowhere_fails_the_build(checkout,
         freeze.main(repo, stdlib, str(tmp_path / "frozen"), str(tmp_path / "builtins"), str(tmp_path / "f.c"),
                     str(tmp_path / "f.list"))
     assert "_not_built_in" in str(e.value) and "BUILTIN_MODULES" in str(e.value)
+
+
+def test_a_call_s_modules_load_after_what_their_import_needs(checkout, tmp_path):
+    repo, stdlib = checkout
+    write(tmp_path / "repo", "shim/main.py", "from shim.facts import rules\nimport shim.tools\n")
+    write(tmp_path / "repo", "shim/tools.py", "")
+    write(tmp_path / "repo", "shim/facts/__init__.py", "")
+    write(tmp_path / "repo", "shim/facts/rules.py", "from shim import tools\n\ndef f():\n    from shim import main\n")
+    modules, _ = freeze.collect(repo, stdlib, frozen_already={"codecs"}, builtins={"posix", "sys", "_json"})
+    names = freeze.call_modules(modules) - {freeze.ENTRY}
+    order = freeze.load_order(modules, names)
+    assert sorted(order) == sorted(names)
+    assert order.index("shim") < order.index("shim.facts") < order.index("shim.facts.rules") < order.index("shim.main")
+    assert order.index("shim.tools") < order.index("shim.facts.rules")  # a module-level import: before
