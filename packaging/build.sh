@@ -249,9 +249,10 @@ link_launcher() {
         # shellcheck disable=SC2086 # one word each
         "$bin/cc" $flags -c "$REPO/packaging/launcher/route.c" -o route.o &&
         "$bin/cc" $flags -c "$REPO/packaging/launcher/main.c" -o main.o &&
+        "$bin/cc" $flags -c "$REPO/packaging/launcher/memory.c" -o memory.o &&
         "$bin/cc" $OPT_CFLAGS -I"$work/include" -I"$work/deps/include" -c frozen.c -o frozen.o &&
         # shellcheck disable=SC2046 # make's flags, one word each (-export-dynamic: nothing loads modules)
-        "$bin/cc" -static -s $OPT_LDFLAGS -o iptables-shim main.o route.o frozen.o "$work/libpython.a" \
+        "$bin/cc" -static -s $OPT_LDFLAGS -o iptables-shim main.o memory.o route.o frozen.o "$work/libpython.a" \
             $(head -1 "$work/link-flags" | sed 's/-Xlinker -export-dynamic//') -L"$work/deps/lib" $(tail -1 "$work/link-flags")) \
         >"$out/launcher.log" 2>&1 || { cat "$out/launcher.log" >&2; rm -rf "$out"; die "linking the launcher failed"; }
     mv "$out/iptables-shim" "$out/frozen-modules" "$final/"

@@ -17,11 +17,11 @@
 #define Py_BUILD_CORE 1
 #include "Python.h"
 #include "internal/pycore_runtime.h"
+#include "memory.h"
 #include "route.h"
 
 #include <errno.h>
 #include <limits.h>
-#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -187,80 +187,19 @@ static int no_memory(void)
     return fail(line);
 }
 
-/* The raw allocator of a call of the six names (main below): a call lives a few milliseconds and
- * ends in execv, yet musl's allocator maps and unmaps a small group for about every hundred blocks
- * Python asks of it (110 mmap and 45 munmap before the real binary, each new group faulted in
- * afresh). One region instead, mapped once, handed out in order and never reused: its pages are
- * touched once each, freed blocks are left where they are (the execv frees them all). When the
- * region is used up, or could not be mapped, libc's malloc serves as before; a block's size sits
- * in front of it, for realloc. The verbs (doctor runs for days) keep libc's allocator, and so does
- * a caller with an address-space limit (the region would count against the headroom measured above). */
-#define REGION_SIZE (4u << 20) /* a netns's first call uses 1.2 MiB of it */
-#define REGION_ALIGN 16u
-
-static char *region_start;
-static size_t region_used; /* bytes of the region handed out (or asked for past its end) */
-
-static int in_region(void *p)
-{
-    return region_start && (uintptr_t)p - (uintptr_t)region_start < REGION_SIZE;
-}
-
-static void *region_malloc(void *ctx, size_t size)
-{
-    (void)ctx;
-    if (size <= REGION_SIZE / 2) {
-        size_t need = (size + REGION_ALIGN - 1) / REGION_ALIGN * REGION_ALIGN + REGION_ALIGN;
-        size_t at = __atomic_fetch_add(&region_used, need, __ATOMIC_RELAXED);
-        if (at <= REGION_SIZE - need) {
-            *(size_t *)(region_start + at) = size;
-            return region_start + at + REGION_ALIGN;
-        }
-    }
-    return malloc(size ? size : 1);
-}
-
-static void *region_calloc(void *ctx, size_t nelem, size_t elsize)
-{
-    if (elsize && nelem > SIZE_MAX / elsize)
-        return NULL;
-    void *p = region_malloc(ctx, nelem * elsize);
-    if (p && !in_region(p))
-        memset(p, 0, nelem * elsize);
-    return p; /* the region's pages are fresh from the kernel, zero, and given out once */
-}
-
-static void *region_realloc(void *ctx, void *p, size_t size)
-{
-    if (!p || !in_region(p))
-        return p ? realloc(p, size ? size : 1) : region_malloc(ctx, size);
-    size_t had = *(size_t *)((char *)p - REGION_ALIGN);
-    if (size <= had)
-        return p;
-    void *moved = region_malloc(ctx, size);
-    if (moved)
-        memcpy(moved, p, had);
-    return moved;
-}
-
-static void region_free(void *ctx, void *p)
-{
-    (void)ctx;
-    if (p && !in_region(p))
-        free(p);
-}
-
+/* packaging/launcher/memory.c: for a call of the six names, whose Python lives milliseconds. A
+ * caller with an address-space limit keeps CPython's allocators: the region would count against
+ * the headroom measured above. */
 static void use_region(void)
 {
     struct rlimit rl;
-    if (getrlimit(RLIMIT_AS, &rl) != 0 || rl.rlim_cur != RLIM_INFINITY)
+    if (getrlimit(RLIMIT_AS, &rl) != 0 || rl.rlim_cur != RLIM_INFINITY || region_map() != 0)
         return;
-    void *p = mmap(NULL, REGION_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (p == MAP_FAILED)
-        return;
-    region_start = p;
-    PyMemAllocatorEx region = {NULL, region_malloc, region_calloc, region_realloc, region_free};
-    PyMem_SetAllocator(PYMEM_DOMAIN_RAW, &region);
+    populate_data();
+    PyObjectArenaAllocator arenas = {NULL, arena_map, arena_unmap};
+    PyObject_SetArenaAllocator(&arenas);
+    PyMemAllocatorEx raw = {NULL, region_malloc, region_calloc, region_realloc, region_free};
+    PyMem_SetAllocator(PYMEM_DOMAIN_RAW, &raw);
 }
 
 int main(int argc, char **argv)
