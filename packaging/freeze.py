@@ -163,20 +163,24 @@ def load_order(modules, names):
     """`names` in an order in which each comes after its package and after the modules its import
     runs (at module level): the executable loads a call's modules in this order before the call
     imports any, each with one C call instead of the import system's Python (packaging/entry.py)."""
-    order, seen = [], set()
+    order, seen, loaded = [], set(), set()
 
     def visit(name):
         if name in seen or name not in names:
             return
+        parent = name.rpartition(".")[0]
+        if parent:
+            visit(parent)
+            if parent in names and parent not in loaded:
+                return  # its package's own import imports it (a package that imports its module)
         seen.add(name)
-        if "." in name:
-            visit(name.rpartition(".")[0])
         path, package = modules[name][:2]
         with open(path, "rb") as f:
             tree = ast.parse(f.read(), path)
         for imported in imports_of(tree, name if package else name.rpartition(".")[0], False):
             visit(imported)
         order.append(name)
+        loaded.add(name)
 
     for name in sorted(names):
         visit(name)

@@ -74,3 +74,15 @@ def test_a_call_s_modules_load_after_what_their_import_needs(checkout, tmp_path)
     assert sorted(order) == sorted(names)
     assert order.index("shim") < order.index("shim.facts") < order.index("shim.facts.rules") < order.index("shim.main")
     assert order.index("shim.tools") < order.index("shim.facts.rules")  # a module-level import: before
+
+
+def test_a_package_that_imports_its_own_module_loads_first(checkout, tmp_path):
+    """As the upgraded shim of tests/test_upgrades.py does: shim/__init__.py imports shim.tools. A
+    module loaded before its package would find no package to join (the entry's KeyError)."""
+    repo, stdlib = checkout
+    write(tmp_path / "repo", "shim/__init__.py", "from shim.tools import MARK\n")
+    write(tmp_path / "repo", "shim/tools.py", "MARK = 2\n")
+    write(tmp_path / "repo", "shim/main.py", "import shim.tools\n")
+    modules, _ = freeze.collect(repo, stdlib, frozen_already={"codecs"}, builtins={"posix", "sys", "_json"})
+    order = freeze.load_order(modules, freeze.call_modules(modules) - {freeze.ENTRY})
+    assert order.index("shim") < order.index("shim.tools") < order.index("shim.main")
