@@ -20,6 +20,7 @@ Reproducible: modules in sorted order, compiled by the build's python3.11 with a
 """
 
 import ast
+import functools
 import marshal
 import os
 import sys
@@ -77,6 +78,13 @@ def imports_of(tree, package, own):
     return names
 
 
+@functools.lru_cache(maxsize=None)
+def syntax_of(path):
+    """A module's source parsed, once per build: collect, call_modules and load_order all read it."""
+    with open(path, "rb") as f:
+        return ast.parse(f.read(), path)
+
+
 def source_of(name, repo, stdlib):
     """(path, is_package, file name inside the executable) of a module's source, else None."""
     if name == ENTRY:
@@ -110,8 +118,7 @@ def collect(repo, stdlib, frozen_already, builtins):
         path, package = found[0], found[1]
         if "." in name:
             todo.append((name.rpartition(".")[0], by_shim))
-        with open(path, "rb") as f:
-            tree = ast.parse(f.read(), path)
+        tree = syntax_of(path)
         own = is_own(name)
         todo.extend((imported, own) for imported in imports_of(tree, name if package else name.rpartition(".")[0], own)
                     if imported)
@@ -129,8 +136,7 @@ def call_modules(modules):
             continue
         seen.add(name)
         path, package = modules[name][:2]
-        with open(path, "rb") as f:
-            tree = ast.parse(f.read(), path)
+        tree = syntax_of(path)
         package = name if package else name.rpartition(".")[0]
         todo.extend(imports_of(tree, package, False))
         todo.extend(n for n in imports_of(tree, package, True) if n == "shim" or n.startswith("shim."))
@@ -163,7 +169,7 @@ def load_order(modules, names):
     """`names` in an order in which each comes after its package and after the modules its import
     runs (at module level): the executable loads a call's modules in this order before the call
     imports any, each with one C call instead of the import system's Python (packaging/entry.py)."""
-    order, seen, loaded = [], set(), set()
+    order, seen = {}, set()  # order: the loaded ones, in order (a dict keeps insertion order)
 
     def visit(name):
         if name in seen or name not in names:
@@ -171,20 +177,17 @@ def load_order(modules, names):
         parent = name.rpartition(".")[0]
         if parent:
             visit(parent)
-            if parent in names and parent not in loaded:
+            if parent in names and parent not in order:
                 return  # its package's own import imports it (a package that imports its module)
         seen.add(name)
         path, package = modules[name][:2]
-        with open(path, "rb") as f:
-            tree = ast.parse(f.read(), path)
-        for imported in imports_of(tree, name if package else name.rpartition(".")[0], False):
+        for imported in imports_of(syntax_of(path), name if package else parent, False):
             visit(imported)
-        order.append(name)
-        loaded.add(name)
+        order[name] = None
 
     for name in sorted(names):
         visit(name)
-    return order
+    return list(order)
 
 
 def c_array(data):
