@@ -234,9 +234,7 @@ int main(int argc, char **argv)
     PyStatus status = Py_PreInitialize(&preconfig);
     if (PyStatus_Exception(status))
         return no_memory(); /* it only allocates */
-    const char *called = argc > 0 && argv[0] ? argv[0] : "";
-    const char *slash = strrchr(called, '/');
-    if (strcmp(slash ? slash + 1 : called, "iptables-shim") != 0)
+    if (route_is_shim_name(argc, argv))
         use_region();
 
     PyConfig config;
@@ -289,13 +287,18 @@ int main(int argc, char **argv)
     PyObject *entry = PyImport_ImportModule(ENTRY);
     if (entry == NULL) {
         if (!PyErr_ExceptionMatches(PyExc_SystemExit)) {
-            /* Only where the entry itself cannot be imported: it catches everything else. */
+            /* Only where the entry itself does not import (missing, or its bytecode damaged, or no
+             * memory for it): past its first lines it catches everything else. */
+            int memory = PyErr_ExceptionMatches(PyExc_MemoryError);
             PyErr_Clear();
+            if (memory)
+                return no_memory();
             char line[PATH_MAX + 200];
             const char *slash = strrchr(exe, '/');
             int dir = slash && slash != exe ? (int)(slash - exe) : 1;
-            snprintf(line, sizeof line, "the shim at %.*s is damaged or half-replaced (its entry is missing); nothing "
-                     "was run: reinstall it (apt-get install --reinstall iptables-shim, or copy the tree again)", dir, exe);
+            snprintf(line, sizeof line, "the shim at %.*s is damaged or half-replaced (its entry does not import); "
+                     "nothing was run: reinstall it (apt-get install --reinstall iptables-shim, or copy the tree "
+                     "again)", dir, exe);
             return fail(line);
         }
         PyErr_Print();

@@ -1018,6 +1018,11 @@ void route_settle_name(const char *name, char **envp, const char *exe, struct ro
     settle(&c, envp, out);
 }
 
+int route_is_shim_name(int argc, char **argv)
+{
+    return argc >= 1 && argv[0] && in_list(basename_of(argv[0]), SHIM_NAMES) >= 0;
+}
+
 void route_settle(int argc, char **argv, char **envp, const char *exe, struct route_answer *out)
 {
     if (argc < 1 || !argv[0]) {

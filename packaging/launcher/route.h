@@ -30,6 +30,9 @@ void route_settle_name(const char *name, char **envp, const char *exe, struct ro
  * answer->logged set where the line was written. */
 void route_exec(int argc, char **argv, struct route_answer *answer);
 
+/* Whether argv[0]'s last component is one of the six names (settled.h's SHIM_NAMES). */
+int route_is_shim_name(int argc, char **argv);
+
 /* One write(2) of the shim's own, whole (0) or failed (-1), never SIGXFSZ's death: the C route's
  * log line, and Python's writes in the frozen tree (shim.writes). */
 int route_write_whole(int fd, const char *data, size_t len);
